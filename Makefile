@@ -1,0 +1,91 @@
+# pantheon: every target installs what is missing first (.venv from requirements.txt), so a fresh clone works.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+ARGS    ?=
+DIGIT   ?= 5
+CKPT    ?= $(shell ls -t logs/train/runs/*/checkpoints/last.ckpt 2>/dev/null | head -n 1)
+PIPELINE ?= $(shell ls -td logs/train/runs/*/pipeline 2>/dev/null | head -n 1)
+PROMPT  ?= a photo of a sunflower
+SHARED_MNIST := ../shared/data/mnist
+TEST_CMD := $(PY) -m pytest -q -m "not integration"
+
+.PHONY: help install train train-full train-mlp train-diffusion sample sample-diffusion export test test-integration \
+        lint format bench bench-gan bench-diffusion evaluator plot slurm-up slurm-down submit sbatch clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	@touch $@
+
+install: $(STAMP) ## Create .venv and install the pinned requirements and the package (editable)
+
+train: $(STAMP) ## Train the conditional MNIST GAN on the CPU (offline-safe; ARGS="trainer.max_epochs=20" to override)
+	$(PY) -m pantheon.train $(ARGS)
+
+train-full: $(STAMP) ## Train the GAN on full MNIST from ../shared/data/mnist
+	$(PY) -m pantheon.train data.data_dir=$(SHARED_MNIST) $(ARGS)
+
+train-mlp: $(STAMP) ## Train the assignment's MLP GAN
+	$(PY) -m pantheon.train experiment=mnist_gan_mlp $(ARGS)
+
+train-diffusion: $(STAMP) ## Fine-tune the tiny offline text-to-image diffusion model on flowers
+	$(PY) -m pantheon.train experiment=flowers_sd_tiny $(ARGS)
+
+sample: $(STAMP) ## Sample DIGIT (default 5) from the newest GAN checkpoint (or CKPT=path) into digit_$(DIGIT).png
+	$(PY) -m pantheon.sample ckpt=$(CKPT) digit=$(DIGIT) n=64 out=digit_$(DIGIT).png
+
+sample-diffusion: $(STAMP) ## Render PROMPT with the newest exported pipeline (or PIPELINE=dir)
+	$(PY) -m pantheon.sample pipeline=$(PIPELINE) prompt="$(PROMPT)" n=4 out=prompt.png
+
+export: $(STAMP) ## Export the newest checkpoint (or CKPT=path): TorchScript + ONNX generator
+	$(PY) -m pantheon.export ckpt=$(CKPT)
+
+test: $(STAMP) ## Run the default test suite (no cluster needed)
+	$(TEST_CMD) $(ARGS)
+
+test-integration: $(STAMP) ## Run the integration tests (needs `make slurm-up`)
+	$(PY) -m pytest -q -m integration $(ARGS)
+
+lint: $(STAMP) ## ruff check + format check
+	$(VENV)/bin/ruff check src tests scripts && $(VENV)/bin/ruff format --check src tests scripts
+
+format: $(STAMP) ## ruff fix + format
+	$(VENV)/bin/ruff check --fix src tests scripts && $(VENV)/bin/ruff format src tests scripts
+
+bench: bench-gan bench-diffusion ## All benchmarks
+
+bench-gan: $(STAMP) ## GAN: Lightning vs plain PyTorch steps/s, quality after fixed budgets, peak RSS (full MNIST)
+	$(PY) scripts/bench_gan.py $(ARGS)
+
+bench-diffusion: $(STAMP) ## Tiny diffusion: Lightning vs plain loop, cached latents vs on-the-fly
+	$(PY) scripts/bench_diffusion.py $(ARGS)
+
+evaluator: $(STAMP) ## Retrain the MNIST evaluator (>= 99% test accuracy) into src/pantheon/evaluation/weights/
+	$(PY) scripts/train_evaluator.py --data-dir $(SHARED_MNIST)
+
+plot: $(STAMP) ## Plot a run's metrics.csv into docs/ (RUN=<run dir>)
+	$(PY) scripts/plot_metrics.py $(RUN)
+
+slurm-up: ## Start the local two-node SLURM cluster (installs slurm-wlm and munge when missing)
+	bash slurm/slurm-up.sh
+
+slurm-down: ## Stop the local SLURM cluster
+	bash slurm/slurm-down.sh
+
+submit: $(STAMP) ## Submit an experiment with the submitit launcher (ARGS="experiment=... cluster=local ...")
+	$(PY) -m pantheon.train -m hydra/launcher=submitit_slurm $(ARGS)
+
+sbatch: $(STAMP) ## Submit with plain sbatch (SCRIPT=slurm/multi_node.sbatch ARGS="experiment=...")
+	sbatch $${SCRIPT:-slurm/multi_node.sbatch} $(ARGS)
+
+clean: ## Remove run outputs (logs/, outputs/, multirun/)
+	rm -rf logs outputs multirun

@@ -1,0 +1,131 @@
+"""The conditional GAN as a LightningModule: one training step, D then G, with manual optimization."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchvision.utils import make_grid
+
+from pantheon.evaluation.mnist_classifier import EvaluatorFeatures, load_evaluator
+from pantheon.models.gan.losses import LOSSES
+from pantheon.models.gan.networks import ARCHITECTURES, build_networks
+from pantheon.utils.errors import UserError
+
+
+class ConditionalGAN(L.LightningModule):
+    """G(noise, label) -> digit; D(image, label) -> realness. Validation scores G with the MNIST evaluator."""
+
+    def __init__(
+        self,
+        arch: str = "dcgan",
+        latent_dim: int = 100,
+        num_classes: int = 10,
+        loss: str = "lsgan",
+        lr: float = 2e-4,
+        betas: tuple[float, float] = (0.5, 0.999),
+        grid_seed: int = 1234,
+        evaluator_weights: str | None = None,
+    ) -> None:
+        super().__init__()
+        if arch not in ARCHITECTURES:
+            raise UserError(f"model.arch={arch!r} is not one of {'|'.join(ARCHITECTURES)}")
+        if loss not in LOSSES:
+            raise UserError(f"model.loss={loss!r} is not one of {'|'.join(LOSSES)}")
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.generator, self.discriminator = build_networks(arch, latent_dim, num_classes)
+        self.loss = LOSSES[loss]
+        grid_labels = torch.arange(num_classes).repeat_interleave(10)  # row r holds digit r
+        grid_noise = torch.randn(len(grid_labels), latent_dim, generator=torch.Generator().manual_seed(grid_seed))
+        self.register_buffer("grid_labels", grid_labels, persistent=False)
+        self.register_buffer("grid_noise", grid_noise, persistent=False)
+        self._metrics: dict | None = None  # built lazily: the evaluator is not part of the checkpoint
+
+    def forward(self, noise: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.generator(noise, labels)
+
+    def sample_noise(self, n: int) -> torch.Tensor:
+        return torch.randn(n, self.hparams.latent_dim, device=self.device)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        real, labels = batch
+        opt_g, opt_d = self.optimizers()
+        fake = self.generator(self.sample_noise(real.size(0)), labels)
+
+        # Discriminator: tell real digits of this label from generated ones.
+        d_loss = self.loss.discriminator(self.discriminator(real, labels), self.discriminator(fake.detach(), labels))
+        opt_d.zero_grad(set_to_none=True)
+        self.manual_backward(d_loss)
+        opt_d.step()
+
+        # Generator: make the (just updated) discriminator call its digits real.
+        g_loss = self.loss.generator(self.discriminator(fake, labels))
+        opt_g.zero_grad(set_to_none=True)
+        self.manual_backward(g_loss)
+        opt_g.step()
+
+        self.log_dict({"train/d_loss": d_loss, "train/g_loss": g_loss}, prog_bar=True)
+
+    def configure_optimizers(self):
+        lr, betas = self.hparams.lr, tuple(self.hparams.betas)
+        return (
+            torch.optim.Adam(self.generator.parameters(), lr=lr, betas=betas),
+            torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=betas),
+        )
+
+    # --- validation: class accuracy and MNIST-FID of generated digits, judged by the evaluator ---
+
+    def metrics(self) -> dict:
+        """The evaluator and its metrics, kept out of the module tree (and so out of checkpoints)."""
+        if self._metrics is None:
+            evaluator = load_evaluator(self.hparams.evaluator_weights)
+            self._metrics = {
+                "evaluator": evaluator,
+                "class_acc": MulticlassAccuracy(num_classes=self.hparams.num_classes, average="micro"),
+                "fid": FrechetInceptionDistance(feature=EvaluatorFeatures(evaluator)),
+            }
+        for value in self._metrics.values():
+            value.to(self.device)
+        return self._metrics
+
+    def on_validation_epoch_start(self) -> None:
+        for name in ("class_acc", "fid"):
+            self.metrics()[name].reset()
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        real, labels = batch
+        metrics = self.metrics()
+        fake = self.generator(self.sample_noise(real.size(0)), labels)
+        metrics["class_acc"].update(metrics["evaluator"](fake).argmax(1), labels)
+        metrics["fid"].update(real, real=True)
+        metrics["fid"].update(fake, real=False)
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = self.metrics()
+        self.log("val/class_acc", metrics["class_acc"].compute(), prog_bar=True, sync_dist=False)
+        self.log("val/fid_mnist", metrics["fid"].compute(), prog_bar=True, sync_dist=False)
+
+    # --- images for people: the grid callback and the sample CLI use these ---
+
+    @torch.no_grad()
+    def generate(self, labels: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 digits [N, 28, 28] for the given labels."""
+        was_training = self.generator.training
+        self.generator.eval()
+        noise = self.sample_noise(len(labels)) if noise is None else noise
+        images = self.generator(noise.to(self.device), labels.to(self.device))
+        self.generator.train(was_training)
+        return images.squeeze(1).add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+
+    def sample_grid(self) -> torch.Tensor:
+        """A 10x10 uint8 grid [3, H, W]: row = digit 0-9, fixed noise, comparable across epochs."""
+        digits = self.generate(self.grid_labels, self.grid_noise).unsqueeze(1)
+        return make_grid(digits, nrow=10, padding=2, pad_value=255)
+
+    def export(self, out_dir):
+        """TorchScript + ONNX generator files for deployment (see pantheon.export)."""
+        from pantheon.models.gan.export import export_generator
+
+        return export_generator(self.generator, self.hparams.latent_dim, out_dir)

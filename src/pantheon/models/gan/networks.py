@@ -1,0 +1,112 @@
+"""Conditional generator G(noise, label) and discriminator D(image, label) for 28x28 digits.
+
+Both condition on the label through a learned embedding: G concatenates it to the noise, D to its
+features (mlp) or as an extra image channel (dcgan). Images are [N, 1, 28, 28] in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+IMAGE_SHAPE = (1, 28, 28)
+IMAGE_PIXELS = 28 * 28
+
+
+class MLPGenerator(nn.Module):
+    """The assignment's generator: [noise, label embedding] -> 256 -> 512 -> 1024 -> 784, tanh."""
+
+    def __init__(self, latent_dim: int = 100, num_classes: int = 10, hidden: int = 256) -> None:
+        super().__init__()
+        self.label_embedding = nn.Embedding(num_classes, num_classes)
+        widths = [latent_dim + num_classes, hidden, hidden * 2, hidden * 4]
+        layers: list[nn.Module] = []
+        for w_in, w_out in zip(widths[:-1], widths[1:], strict=True):
+            layers += [nn.Linear(w_in, w_out), nn.BatchNorm1d(w_out), nn.LeakyReLU(0.2)]
+        self.net = nn.Sequential(*layers, nn.Linear(widths[-1], IMAGE_PIXELS), nn.Tanh())
+
+    def forward(self, noise: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([noise, self.label_embedding(labels)], dim=1)
+        return self.net(x).view(-1, *IMAGE_SHAPE)
+
+
+class MLPDiscriminator(nn.Module):
+    """The assignment's discriminator: [image, label embedding] -> 512 -> 256 -> 1 logit."""
+
+    def __init__(self, num_classes: int = 10, hidden: int = 512) -> None:
+        super().__init__()
+        self.label_embedding = nn.Embedding(num_classes, num_classes)
+        self.net = nn.Sequential(
+            nn.Linear(IMAGE_PIXELS + num_classes, hidden),
+            nn.LeakyReLU(0.2),
+            nn.Dropout(0.3),
+            nn.Linear(hidden, hidden // 2),
+            nn.LeakyReLU(0.2),
+            nn.Dropout(0.3),
+            nn.Linear(hidden // 2, 1),
+        )
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([images.flatten(1), self.label_embedding(labels)], dim=1)
+        return self.net(x).squeeze(1)
+
+
+class DCGANGenerator(nn.Module):
+    """[noise, label embedding] -> 128x7x7 -> (transposed conv) 64x14x14 -> 1x28x28, tanh."""
+
+    def __init__(self, latent_dim: int = 100, num_classes: int = 10, width: int = 64, embed_dim: int = 50) -> None:
+        super().__init__()
+        self.width = width
+        self.label_embedding = nn.Embedding(num_classes, embed_dim)
+        self.project = nn.Sequential(
+            nn.Linear(latent_dim + embed_dim, 2 * width * 7 * 7, bias=False),
+            nn.BatchNorm1d(2 * width * 7 * 7),
+            nn.ReLU(True),
+        )
+        self.upsample = nn.Sequential(
+            nn.ConvTranspose2d(2 * width, width, 4, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(True),
+            nn.ConvTranspose2d(width, 1, 4, stride=2, padding=1),
+            nn.Tanh(),
+        )
+
+    def forward(self, noise: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        x = self.project(torch.cat([noise, self.label_embedding(labels)], dim=1))
+        return self.upsample(x.view(-1, 2 * self.width, 7, 7))
+
+
+class DCGANDiscriminator(nn.Module):
+    """[image, label as a 28x28 channel] -> 64x14x14 -> 128x7x7 -> 1 logit (spectral-free, LeakyReLU)."""
+
+    def __init__(self, num_classes: int = 10, width: int = 64) -> None:
+        super().__init__()
+        self.label_embedding = nn.Embedding(num_classes, IMAGE_PIXELS)
+        self.features = nn.Sequential(
+            nn.Conv2d(2, width, 4, stride=2, padding=1),
+            nn.LeakyReLU(0.2, True),
+            nn.Conv2d(width, 2 * width, 4, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(2 * width),
+            nn.LeakyReLU(0.2, True),
+        )
+        self.classify = nn.Linear(2 * width * 7 * 7, 1)
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        label_plane = self.label_embedding(labels).view(-1, *IMAGE_SHAPE)
+        x = self.features(torch.cat([images, label_plane], dim=1))
+        return self.classify(x.flatten(1)).squeeze(1)
+
+
+ARCHITECTURES = {"mlp": (MLPGenerator, MLPDiscriminator), "dcgan": (DCGANGenerator, DCGANDiscriminator)}
+
+
+def build_networks(arch: str, latent_dim: int, num_classes: int) -> tuple[nn.Module, nn.Module]:
+    """The (generator, discriminator) pair for `arch`, initialised as in DCGAN (N(0, 0.02))."""
+    generator_cls, discriminator_cls = ARCHITECTURES[arch]
+    generator, discriminator = generator_cls(latent_dim, num_classes), discriminator_cls(num_classes)
+    for module in (*generator.modules(), *discriminator.modules()):
+        if isinstance(module, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
+            nn.init.normal_(module.weight, 0.0, 0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    return generator, discriminator

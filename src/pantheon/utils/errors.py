@@ -1,0 +1,30 @@
+"""User-facing errors: one clear line, a nonzero exit, no traceback."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+F = TypeVar("F", bound=Callable[..., object])
+
+USER_ERROR_EXIT_CODE = 2
+
+
+class UserError(Exception):
+    """Bad input the user can fix: a path, a key, a value. The message names what is wrong and how to fix it."""
+
+
+def exit_on_user_error(func: F) -> F:
+    """Turn a UserError escaping an entry point into `error: <message>` on stderr and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            sys.exit(USER_ERROR_EXIT_CODE)
+
+    return wrapper  # type: ignore[return-value]

