@@ -22,6 +22,7 @@
 set -euo pipefail
 
 T0=$(date +%s.%N)
+export PATH="$PATH:/usr/sbin:/sbin"   # the daemons live in /usr/sbin, not always on a CI job's PATH
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CLUSTER=pantheon
 NODES=(n1 n2)

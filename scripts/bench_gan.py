@@ -1,0 +1,174 @@
+"""GAN benchmark (prints numbers; not a test). `make bench-gan`.
+
+1. Throughput: steps/s of the Lightning module against a plain PyTorch loop of the same nets, loss, optimizers
+   and batch, in this process (ratio target >= 0.95).
+2. Quality: one Lightning run on full MNIST under a wall-clock budget, validated every epoch; prints class_acc
+   and fid_mnist at each budget mark (target: class_acc >= 0.97 within 10 min on 2 CPU cores), writes the run's
+   metrics.csv and sample grids, and (with --docs) the curves and final grid under docs/.
+3. Peak RSS of the process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from pantheon.data.mnist import MNISTDataModule
+from pantheon.models.gan.losses import LOSSES
+from pantheon.models.gan.module import ConditionalGAN
+from pantheon.models.gan.networks import build_networks
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def plain_pytorch_steps_per_s(loader, arch: str, loss_name: str, steps: int, warmup: int) -> float:
+    """The baseline: the same D-then-G step written as a bare loop."""
+    torch.manual_seed(0)
+    generator, discriminator = build_networks(arch, 100, 10)
+    loss = LOSSES[loss_name]
+    opt_g = torch.optim.Adam(generator.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    batches = iter(loader)
+    for i in range(warmup + steps):
+        if i == warmup:
+            start = time.perf_counter()
+        real, labels = next(batches)
+        fake = generator(torch.randn(real.size(0), 100), labels)
+        d_loss = loss.discriminator(discriminator(real, labels), discriminator(fake.detach(), labels))
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+        g_loss = loss.generator(discriminator(fake, labels))
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        opt_g.step()
+    return steps / (time.perf_counter() - start)
+
+
+class StepTimer(L.Callback):
+    """Times training batches after a warmup, excluding Lightning's setup and teardown."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup, self.start, self.timed = warmup, 0.0, 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.warmup:
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx >= self.warmup:
+            self.timed = batch_idx - self.warmup + 1
+            self.elapsed = time.perf_counter() - self.start
+
+
+def lightning_steps_per_s(datamodule, arch: str, loss_name: str, steps: int, warmup: int) -> float:
+    torch.manual_seed(0)
+    timer = StepTimer(warmup)
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, max_steps=2 * (warmup + steps), limit_val_batches=0, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
+    )
+    trainer.fit(ConditionalGAN(arch=arch, loss=loss_name), datamodule=datamodule)
+    return timer.timed / timer.elapsed
+
+
+class QualityLog(L.Callback):
+    """Appends (elapsed s, epoch, class_acc, fid_mnist) to a CSV after every validation epoch."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self.start = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        m = trainer.callback_metrics
+        row = (time.perf_counter() - self.start, trainer.current_epoch, float(m["val/class_acc"]), float(m["val/fid_mnist"]))
+        with self.path.open("a") as fh:
+            fh.write(",".join(map(str, row)) + "\n")
+        print(f"  {row[0]:6.0f} s  epoch {row[1]:2d}  class_acc {row[2]:.4f}  fid_mnist {row[3]:.3f}", flush=True)
+
+
+def quality_run(data_dir: Path, arch: str, budget_s: int, out: Path) -> list[tuple[float, int, float, float]]:
+    """Train through the real entry point (composed config, pantheon.train.train) under a wall-clock budget."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from pantheon.train import train
+
+    quality_csv = out / "quality.csv"
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                f"data.data_dir={data_dir}", f"model.arch={arch}", "logger=csv", "~callbacks.rich_progress_bar",
+                "trainer.max_epochs=1000", f"+trainer.max_time={{seconds: {budget_s}}}", "ckpt_path=null",
+                "+callbacks.quality._target_=__main__.QualityLog", f"+callbacks.quality.path={quality_csv}",
+            ],
+            return_hydra_config=True,
+        )
+    with open_dict(cfg):
+        cfg.paths.output_dir = cfg.hydra.runtime.output_dir = str(out)
+    HydraConfig().set_config(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    train(cfg)
+    return [tuple(float(x) for x in line.split(",")) for line in quality_csv.read_text().splitlines()]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data" / "mnist")
+    parser.add_argument("--arch", default="dcgan")
+    parser.add_argument("--loss", default="lsgan")
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--budget-s", type=int, default=600, help="quality run wall-clock budget (0 skips it)")
+    parser.add_argument("--out", type=Path, default=ROOT / "logs" / "bench" / "gan")
+    parser.add_argument("--docs", action="store_true", help="write docs/training_curves.png and docs/samples_grid.png")
+    args = parser.parse_args()
+    if not (args.data_dir / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
+        print(f"error: full MNIST not found under {args.data_dir}: pass --data-dir", file=sys.stderr)
+        return 2
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, arch={args.arch}, batch 128")
+    datamodule = MNISTDataModule(data_dir=str(args.data_dir), source="torchvision", batch_size=128)
+    datamodule.setup()
+    plain = plain_pytorch_steps_per_s(datamodule.train_dataloader(), args.arch, args.loss, args.steps, args.warmup)
+    ours = lightning_steps_per_s(datamodule, args.arch, args.loss, args.steps, args.warmup)
+    plain_again = plain_pytorch_steps_per_s(datamodule.train_dataloader(), args.arch, args.loss, args.steps, args.warmup)
+    baseline = max(plain, plain_again)
+    print(f"plain PyTorch loop : {baseline:7.2f} batches/s (runs: {plain:.2f}, {plain_again:.2f})")
+    print(f"Lightning module   : {ours:7.2f} batches/s")
+    print(f"ratio              : {ours / baseline:7.3f}  (target >= 0.95)")
+
+    if args.budget_s:
+        if args.out.exists():
+            shutil.rmtree(args.out)
+        print(f"quality run: {args.budget_s} s budget on full MNIST, validation (6,000 digits) every epoch")
+        rows = quality_run(args.data_dir, args.arch, args.budget_s, args.out)
+        for mark in (120, 300, 600):
+            seen = [r for r in rows if r[0] <= mark]
+            if seen:
+                best = max(seen, key=lambda r: r[2])
+                print(f"within {mark:4d} s: best class_acc {best[2]:.4f} (epoch {best[1]}), fid_mnist then {best[3]:.3f}")
+        if args.docs:
+            subprocess.run([sys.executable, str(ROOT / "scripts" / "plot_metrics.py"), str(args.out)], check=True, cwd=ROOT)
+            grids = sorted((args.out / "samples").glob("*.png"))
+            shutil.copy(grids[-1], ROOT / "docs" / "samples_grid.png")
+            print(f"wrote docs/samples_grid.png from {grids[-1].name}")
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS           : {peak_mib:7.0f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Load, adapt and save the diffusers parts of a Stable-Diffusion-style model, always in diffusers layout.
+
+Every artefact goes through `from_pretrained` / `save_pretrained` (and diffusers' LoRA format), so what training
+reads and writes opens in stock tools: `StableDiffusionPipeline.from_pretrained(dir)`, `pipe.load_lora_weights(dir)`.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+from pantheon.utils.errors import UserError
+from pantheon.utils.offline import huggingface_hub_reachable
+
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+def is_hub_id(name_or_path: str) -> bool:
+    """`org/name` that is not a local path (Hub ids have at most one slash and no leading ./ or /)."""
+    text = str(name_or_path)
+    return not Path(text).expanduser().exists() and not text.startswith(("/", ".", "~")) and text.count("/") <= 1
+
+
+def resolve_pretrained(name_or_path: str, field: str = "model.pretrained_model") -> str:
+    """A local diffusers folder, or a Hub id when the Hub answers; anything else is a one-line UserError."""
+    if is_hub_id(name_or_path):
+        if not huggingface_hub_reachable():
+            raise UserError(
+                f"{field}={name_or_path} is a Hugging Face Hub id but the Hub is unreachable (offline): set "
+                f"{field}=<local diffusers folder with model_index.json> and data.data_dir=<image folder with "
+                "metadata.jsonl>, or train experiment=flowers_sd_tiny, which builds everything offline"
+            )
+        return str(name_or_path)
+    path = Path(name_or_path).expanduser()
+    if not (path / "model_index.json").is_file():
+        what = "does not exist" if not path.exists() else "has no model_index.json (not a diffusers pipeline folder)"
+        raise UserError(f"{field}={name_or_path} {what}: point it at a folder saved by save_pretrained or a Hub id")
+    return str(path)
+
+
+def load_components(name_or_path: str, prediction_type: str | None = None) -> dict:
+    """unet, vae, text_encoder, tokenizer and the training noise scheduler of a pipeline folder or Hub id.
+    `prediction_type` (epsilon | v_prediction) overrides the scheduler's, so exports sample the way we trained."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    source = resolve_pretrained(name_or_path)
+    scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler")
+    if prediction_type is not None:
+        if prediction_type not in PREDICTION_TYPES:
+            raise UserError(f"model.prediction_type={prediction_type!r} is not one of {'|'.join(PREDICTION_TYPES)}")
+        scheduler.register_to_config(prediction_type=prediction_type)
+    return {
+        "unet": UNet2DConditionModel.from_pretrained(source, subfolder="unet"),
+        "vae": AutoencoderKL.from_pretrained(source, subfolder="vae"),
+        "text_encoder": CLIPTextModel.from_pretrained(source, subfolder="text_encoder"),
+        "tokenizer": CLIPTokenizer.from_pretrained(source, subfolder="tokenizer"),
+        "scheduler": scheduler,
+    }
+
+
+def make_pipeline(components: dict, scheduler=None):
+    """A StableDiffusionPipeline over in-memory components (no safety checker: our models, our images)."""
+    from diffusers import StableDiffusionPipeline
+
+    parts = {k: components[k] for k in ("unet", "vae", "text_encoder", "tokenizer")}
+    return StableDiffusionPipeline(
+        **parts,
+        scheduler=scheduler or components["scheduler"],
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def save_pipeline(components: dict, out_dir: str | Path) -> Path:
+    """Write a full diffusers pipeline folder (model_index.json + one subfolder per component, safetensors)."""
+    out_dir = Path(out_dir)
+    make_pipeline(components).save_pretrained(out_dir, safe_serialization=True)
+    return out_dir
+
+
+# --- LoRA (peft adapters on the UNet's attention projections) ---
+
+
+def add_lora(unet: torch.nn.Module, rank: int, alpha: float | None = None) -> None:
+    """Freeze the UNet and inject trainable LoRA adapters (peft) into its attention projections."""
+    from peft import LoraConfig
+
+    if rank < 1:
+        raise UserError(f"model.lora_rank={rank}: use a rank >= 1, or lora_rank=null for a full fine-tune")
+    unet.requires_grad_(False)
+    config = LoraConfig(r=rank, lora_alpha=alpha or rank, init_lora_weights="gaussian", target_modules=list(LORA_TARGETS))
+    unet.add_adapter(config)
+
+
+def save_lora(unet: torch.nn.Module, out_dir: str | Path) -> Path:
+    """The adapters in diffusers' LoRA format: `pipe.load_lora_weights(out_dir)` loads them onto the base model."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    out_dir = Path(out_dir)
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    StableDiffusionPipeline.save_lora_weights(out_dir, unet_lora_layers=layers, safe_serialization=True)
+    return out_dir
+
+
+def merged_unet(unet: torch.nn.Module) -> torch.nn.Module:
+    """A copy of a LoRA UNet with the adapters folded into the base weights: a plain UNet for full exports."""
+    merged = copy.deepcopy(unet)
+    merged.fuse_lora()
+    merged.unload_lora()
+    return merged
+
+
+def has_lora(unet: torch.nn.Module) -> bool:
+    return bool(getattr(unet, "peft_config", None))
