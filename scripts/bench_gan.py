@@ -73,8 +73,15 @@ def lightning_steps_per_s(datamodule, arch: str, loss_name: str, steps: int, war
     torch.manual_seed(0)
     timer = StepTimer(warmup)
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_steps=2 * (warmup + steps), limit_val_batches=0, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
+        accelerator="cpu",
+        devices=1,
+        max_steps=2 * (warmup + steps),
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
     )
     trainer.fit(ConditionalGAN(arch=arch, loss=loss_name), datamodule=datamodule)
     return timer.timed / timer.elapsed
@@ -91,10 +98,18 @@ class QualityLog(L.Callback):
         if trainer.sanity_checking:
             return
         m = trainer.callback_metrics
-        row = (time.perf_counter() - self.start, trainer.current_epoch, float(m["val/class_acc"]), float(m["val/fid_mnist"]))
+        row = (
+            time.perf_counter() - self.start,
+            trainer.current_epoch,
+            float(m["val/class_acc"]),
+            float(m["val/fid_mnist"]),
+        )
         with self.path.open("a") as fh:
             fh.write(",".join(map(str, row)) + "\n")
-        print(f"  {row[0]:6.0f} s  epoch {row[1]:2d}  class_acc {row[2]:.4f}  fid_mnist {row[3]:.3f}", flush=True)
+        print(
+            f"  {row[0]:6.0f} s  epoch {row[1]:2d}  class_acc {row[2]:.4f}  fid_mnist {row[3]:.3f}",
+            flush=True,
+        )
 
 
 def quality_run(data_dir: Path, arch: str, budget_s: int, out: Path) -> list[tuple[float, int, float, float]]:
@@ -110,9 +125,15 @@ def quality_run(data_dir: Path, arch: str, budget_s: int, out: Path) -> list[tup
         cfg = compose(
             "train",
             overrides=[
-                f"data.data_dir={data_dir}", f"model.arch={arch}", "logger=csv", "~callbacks.rich_progress_bar",
-                "trainer.max_epochs=1000", f"+trainer.max_time={{seconds: {budget_s}}}", "ckpt_path=null",
-                "+callbacks.quality._target_=__main__.QualityLog", f"+callbacks.quality.path={quality_csv}",
+                f"data.data_dir={data_dir}",
+                f"model.arch={arch}",
+                "logger=csv",
+                "~callbacks.rich_progress_bar",
+                "trainer.max_epochs=1000",
+                f"+trainer.max_time={{seconds: {budget_s}}}",
+                "ckpt_path=null",
+                "+callbacks.quality._target_=__main__.QualityLog",
+                f"+callbacks.quality.path={quality_csv}",
             ],
             return_hydra_config=True,
         )
@@ -125,15 +146,21 @@ def quality_run(data_dir: Path, arch: str, budget_s: int, out: Path) -> list[tup
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data" / "mnist")
     parser.add_argument("--arch", default="dcgan")
     parser.add_argument("--loss", default="lsgan")
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--budget-s", type=int, default=600, help="quality run wall-clock budget (0 skips it)")
+    parser.add_argument(
+        "--budget-s", type=int, default=600, help="quality run wall-clock budget (0 skips it)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "logs" / "bench" / "gan")
-    parser.add_argument("--docs", action="store_true", help="write docs/training_curves.png and docs/samples_grid.png")
+    parser.add_argument(
+        "--docs", action="store_true", help="write docs/training_curves.png and docs/samples_grid.png"
+    )
     args = parser.parse_args()
     if not (args.data_dir / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
         print(f"error: full MNIST not found under {args.data_dir}: pass --data-dir", file=sys.stderr)
@@ -142,9 +169,13 @@ def main() -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, arch={args.arch}, batch 128")
     datamodule = MNISTDataModule(data_dir=str(args.data_dir), source="torchvision", batch_size=128)
     datamodule.setup()
-    plain = plain_pytorch_steps_per_s(datamodule.train_dataloader(), args.arch, args.loss, args.steps, args.warmup)
+    plain = plain_pytorch_steps_per_s(
+        datamodule.train_dataloader(), args.arch, args.loss, args.steps, args.warmup
+    )
     ours = lightning_steps_per_s(datamodule, args.arch, args.loss, args.steps, args.warmup)
-    plain_again = plain_pytorch_steps_per_s(datamodule.train_dataloader(), args.arch, args.loss, args.steps, args.warmup)
+    plain_again = plain_pytorch_steps_per_s(
+        datamodule.train_dataloader(), args.arch, args.loss, args.steps, args.warmup
+    )
     baseline = max(plain, plain_again)
     print(f"plain PyTorch loop : {baseline:7.2f} batches/s (runs: {plain:.2f}, {plain_again:.2f})")
     print(f"Lightning module   : {ours:7.2f} batches/s")
@@ -159,9 +190,15 @@ def main() -> int:
             seen = [r for r in rows if r[0] <= mark]
             if seen:
                 best = max(seen, key=lambda r: r[2])
-                print(f"within {mark:4d} s: best class_acc {best[2]:.4f} (epoch {best[1]}), fid_mnist then {best[3]:.3f}")
+                print(
+                    f"within {mark:4d} s: best class_acc {best[2]:.4f} (epoch {best[1]}), fid_mnist then {best[3]:.3f}"
+                )
         if args.docs:
-            subprocess.run([sys.executable, str(ROOT / "scripts" / "plot_metrics.py"), str(args.out)], check=True, cwd=ROOT)
+            subprocess.run(
+                [sys.executable, str(ROOT / "scripts" / "plot_metrics.py"), str(args.out)],
+                check=True,
+                cwd=ROOT,
+            )
             grids = sorted((args.out / "samples").glob("*.png"))
             shutil.copy(grids[-1], ROOT / "docs" / "samples_grid.png")
             print(f"wrote docs/samples_grid.png from {grids[-1].name}")

@@ -1,6 +1,6 @@
 """Plot a run's metrics.csv (Lightning CSVLogger) into a PNG: losses, class accuracy and MNIST-FID per epoch.
 
-    python scripts/plot_metrics.py <run dir or metrics.csv> [--out docs/training_curves.png]
+python scripts/plot_metrics.py <run dir or metrics.csv> [--out docs/training_curves.png]
 """
 
 from __future__ import annotations
@@ -14,33 +14,40 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
-def read_metrics(path: Path) -> dict[str, dict[int, list[float]]]:
-    """metric -> epoch -> values logged in that epoch."""
+def read_metrics(paths: list[Path]) -> dict[str, dict[int, list[float]]]:
+    """metric -> epoch -> values logged in that epoch, over every version (a resumed run adds one)."""
     per_epoch: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    with path.open() as fh:
-        for row in csv.DictReader(fh):
-            epoch = int(float(row["epoch"])) if row.get("epoch") else None
-            if epoch is None:
-                continue
-            for key, value in row.items():
-                if key not in ("epoch", "step") and value not in ("", None):
-                    per_epoch[key][epoch].append(float(value))
+    rows = []
+    for path in paths:
+        with path.open() as fh:
+            rows += list(csv.DictReader(fh))
+    for row in rows:
+        if not row.get("epoch"):
+            continue
+        epoch = int(float(row["epoch"]))
+        for key, value in row.items():
+            if key not in ("epoch", "step") and value not in ("", None):
+                per_epoch[key][epoch].append(float(value))
     return per_epoch
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("run", type=Path)
     parser.add_argument("--out", type=Path, default=Path("docs/training_curves.png"))
     args = parser.parse_args()
-    csv_path = args.run if args.run.suffix == ".csv" else next(args.run.rglob("metrics.csv"), None)
-    if csv_path is None or not csv_path.is_file():
-        print(f"error: no metrics.csv under {args.run}: train with logger=csv (or logger=many)", file=sys.stderr)
+    csv_paths = [args.run] if args.run.suffix == ".csv" else sorted(args.run.rglob("metrics.csv"))
+    if not csv_paths or not all(p.is_file() for p in csv_paths):
+        print(
+            f"error: no metrics.csv under {args.run}: train with logger=csv (or logger=many)", file=sys.stderr
+        )
         return 2
-    metrics = read_metrics(csv_path)
+    metrics = read_metrics(csv_paths)
     panels = [
         ("losses", ["train/d_loss", "train/g_loss"]),
         ("class accuracy of generated digits", ["val/class_acc"]),
@@ -51,7 +58,12 @@ def main() -> int:
         for key in keys:
             if key in metrics:
                 epochs = sorted(metrics[key])
-                ax.plot(epochs, [sum(metrics[key][e]) / len(metrics[key][e]) for e in epochs], marker="o", label=key)
+                ax.plot(
+                    epochs,
+                    [sum(metrics[key][e]) / len(metrics[key][e]) for e in epochs],
+                    marker="o",
+                    label=key,
+                )
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

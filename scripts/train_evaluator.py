@@ -31,7 +31,9 @@ def evaluate(model: MNISTClassifier, loader: DataLoader) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data-dir", default="../shared/data/mnist")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=128)
@@ -66,7 +68,9 @@ def main() -> int:
             optimizer.step()
             scheduler.step()
         accuracy = evaluate(model, test_loader)
-        print(f"epoch {epoch + 1}/{args.epochs}: test accuracy {accuracy:.4f} ({time.perf_counter() - start:.0f} s)")
+        print(
+            f"epoch {epoch + 1}/{args.epochs}: test accuracy {accuracy:.4f} ({time.perf_counter() - start:.0f} s)"
+        )
 
     if accuracy < args.min_accuracy:
         print(f"error: test accuracy {accuracy:.4f} < {args.min_accuracy}; not saving", file=sys.stderr)

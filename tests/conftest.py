@@ -70,5 +70,10 @@ def run_cli(*args: str, timeout: int = 600, env: dict | None = None, cwd: Path |
     """Run `python -m <args>` as a user would; returns the CompletedProcess (never raises on exit code)."""
     full_env = {**os.environ, "WANDB_MODE": "offline", "PANTHEON_OFFLINE": "1", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd or ROOT
+        [sys.executable, "-m", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        cwd=cwd or ROOT,
     )

@@ -26,7 +26,9 @@ class ExportConfig:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> list[Path]:
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(ExportConfig), OmegaConf.from_dotlist(sys.argv[1:] if argv is None else argv))
+        cfg = OmegaConf.merge(
+            OmegaConf.structured(ExportConfig), OmegaConf.from_dotlist(sys.argv[1:] if argv is None else argv)
+        )
         ckpt, out = cfg.ckpt, cfg.out
     except OmegaConfBaseException as err:
         raise UserError(f"bad argument ({str(err).splitlines()[0]}); usage: ckpt=<path> [out=<dir>]") from err

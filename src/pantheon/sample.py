@@ -1,7 +1,7 @@
 """Sample a trained model: digits from a GAN checkpoint, images from a diffusers pipeline.
 
-    python -m pantheon.sample ckpt=<run>/checkpoints/last.ckpt digit=5 n=64 out=five.png   # or out=five.npy
-    python -m pantheon.sample pipeline=<run>/pipeline prompt="a photo of a sunflower" n=4 out=sunflowers.png
+python -m pantheon.sample ckpt=<run>/checkpoints/last.ckpt digit=5 n=64 out=five.png   # or out=five.npy
+python -m pantheon.sample pipeline=<run>/pipeline prompt="a photo of a sunflower" n=4 out=sunflowers.png
 """
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ def parse_args(argv: list[str]) -> SampleConfig:
         cfg = OmegaConf.merge(OmegaConf.structured(SampleConfig), OmegaConf.from_dotlist(argv))
         return OmegaConf.to_object(cfg)
     except OmegaConfBaseException as err:
-        raise UserError(f"bad argument ({str(err).splitlines()[0]}); valid keys: {', '.join(SampleConfig.__dataclass_fields__)}") from err
+        raise UserError(
+            f"bad argument ({str(err).splitlines()[0]}); valid keys: {', '.join(SampleConfig.__dataclass_fields__)}"
+        ) from err
 
 
 def pick_device(device: str) -> torch.device:
@@ -75,8 +77,16 @@ def sample_prompt(cfg: SampleConfig) -> torch.Tensor:
 
     if not cfg.prompt:
         raise UserError('pipeline= needs prompt="<text>"')
-    return render_prompt(cfg.pipeline, cfg.prompt, n=cfg.n, steps=cfg.steps, guidance_scale=cfg.guidance_scale,
-                         seed=cfg.seed, size=cfg.size, device=pick_device(cfg.device))
+    return render_prompt(
+        cfg.pipeline,
+        cfg.prompt,
+        n=cfg.n,
+        steps=cfg.steps,
+        guidance_scale=cfg.guidance_scale,
+        seed=cfg.seed,
+        size=cfg.size,
+        device=pick_device(cfg.device),
+    )
 
 
 @exit_on_user_error

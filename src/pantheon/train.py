@@ -33,8 +33,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     output_dir = cfg.paths.output_dir
     log.info(f"run directory: {output_dir}")
 
-    datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
-    model: L.LightningModule = hydra.utils.instantiate(cfg.model)
+    # _convert_="all": plain lists/dicts in hparams, so checkpoints load with torch's weights_only=True.
+    datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    model: L.LightningModule = hydra.utils.instantiate(cfg.model, _convert_="all")
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer,

@@ -65,7 +65,7 @@ def test_export_torchscript_and_onnx_match_eager(gan_checkpoint: Path, tmp_path:
     noise, labels = torch.randn(7, 100), torch.arange(7)  # a batch size the export never saw
     with torch.no_grad():
         expected = eager(noise, labels).numpy()
-    scripted = torch.jit.load(str(script_path))(noise, labels).numpy()
+        scripted = torch.jit.load(str(script_path))(noise, labels).numpy()
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     from_onnx = session.run(None, {"noise": noise.numpy(), "labels": labels.numpy()})[0]
     assert expected.shape == (7, 1, 28, 28)
@@ -77,8 +77,13 @@ def test_train_cli_end_to_end_with_offline_wandb(tmp_path: Path) -> None:
     """The real entry point as `make train` runs it, with the default (wandb, offline) logger."""
     run = tmp_path / "run"
     result = run_cli(
-        "pantheon.train", f"hydra.run.dir={run}", "trainer.max_epochs=1", "+trainer.limit_train_batches=3",
-        "+trainer.limit_val_batches=1", "data.batch_size=16", "~callbacks.rich_progress_bar",
+        "pantheon.train",
+        f"hydra.run.dir={run}",
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=3",
+        "+trainer.limit_val_batches=1",
+        "data.batch_size=16",
+        "~callbacks.rich_progress_bar",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"run directory: {run}" in result.stdout + result.stderr

@@ -53,7 +53,7 @@ def test_experiment_trains_validates_and_saves(fast_cfg, experiment: str) -> Non
 
     grid = read_image(str(grids[0]))
     assert grid.shape == (3, 10 * 30 + 2, 10 * 30 + 2), "10x10 digits of 28 px with 2 px padding"
-    assert (run / "csv" / "metrics.csv").is_file()
+    assert (run / "csv" / "version_0" / "metrics.csv").is_file()
 
 
 def test_resume_continues_at_the_same_global_step(fast_cfg) -> None:

@@ -16,7 +16,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Write to `<path>.tmp` then rename: a job killed mid-save never leaves a truncated checkpoint
     in place of the previous good one."""
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
+    ) -> None:
         path = Path(path)
         if get_filesystem(path).protocol not in ("file", ("file", "local")):
             return super().save_checkpoint(checkpoint, path, storage_options)

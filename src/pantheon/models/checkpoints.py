@@ -26,7 +26,9 @@ def load_module(ckpt: str | Path, map_location: str = "cpu") -> L.LightningModul
         checkpoint = torch.load(path, map_location=map_location, weights_only=False)
         keys = checkpoint["state_dict"].keys()
     except Exception as err:  # truncated zip, pickle garbage, not a dict: all mean "not a checkpoint"
-        raise UserError(f"checkpoint {path} is corrupt or not a Lightning checkpoint ({type(err).__name__})") from err
+        raise UserError(
+            f"checkpoint {path} is corrupt or not a Lightning checkpoint ({type(err).__name__})"
+        ) from err
     for prefix, target in MODEL_KINDS.items():
         if any(key.startswith(prefix) for key in keys):
             module_name, class_name = target.split(":")

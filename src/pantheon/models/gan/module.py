@@ -38,7 +38,9 @@ class ConditionalGAN(L.LightningModule):
         self.generator, self.discriminator = build_networks(arch, latent_dim, num_classes)
         self.loss = LOSSES[loss]
         grid_labels = torch.arange(num_classes).repeat_interleave(10)  # row r holds digit r
-        grid_noise = torch.randn(len(grid_labels), latent_dim, generator=torch.Generator().manual_seed(grid_seed))
+        grid_noise = torch.randn(
+            len(grid_labels), latent_dim, generator=torch.Generator().manual_seed(grid_seed)
+        )
         self.register_buffer("grid_labels", grid_labels, persistent=False)
         self.register_buffer("grid_noise", grid_noise, persistent=False)
         self._metrics: dict | None = None  # built lazily: the evaluator is not part of the checkpoint
@@ -55,7 +57,9 @@ class ConditionalGAN(L.LightningModule):
         fake = self.generator(self.sample_noise(real.size(0)), labels)
 
         # Discriminator: tell real digits of this label from generated ones.
-        d_loss = self.loss.discriminator(self.discriminator(real, labels), self.discriminator(fake.detach(), labels))
+        d_loss = self.loss.discriminator(
+            self.discriminator(real, labels), self.discriminator(fake.detach(), labels)
+        )
         opt_d.zero_grad(set_to_none=True)
         self.manual_backward(d_loss)
         opt_d.step()

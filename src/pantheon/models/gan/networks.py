@@ -6,6 +6,8 @@ features (mlp) or as an extra image channel (dcgan). Images are [N, 1, 28, 28] i
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -21,7 +23,7 @@ class MLPGenerator(nn.Module):
         self.label_embedding = nn.Embedding(num_classes, num_classes)
         widths = [latent_dim + num_classes, hidden, hidden * 2, hidden * 4]
         layers: list[nn.Module] = []
-        for w_in, w_out in zip(widths[:-1], widths[1:], strict=True):
+        for w_in, w_out in itertools.pairwise(widths):
             layers += [nn.Linear(w_in, w_out), nn.BatchNorm1d(w_out), nn.LeakyReLU(0.2)]
         self.net = nn.Sequential(*layers, nn.Linear(widths[-1], IMAGE_PIXELS), nn.Tanh())
 
@@ -54,7 +56,9 @@ class MLPDiscriminator(nn.Module):
 class DCGANGenerator(nn.Module):
     """[noise, label embedding] -> 128x7x7 -> (transposed conv) 64x14x14 -> 1x28x28, tanh."""
 
-    def __init__(self, latent_dim: int = 100, num_classes: int = 10, width: int = 64, embed_dim: int = 50) -> None:
+    def __init__(
+        self, latent_dim: int = 100, num_classes: int = 10, width: int = 64, embed_dim: int = 50
+    ) -> None:
         super().__init__()
         self.width = width
         self.label_embedding = nn.Embedding(num_classes, embed_dim)
