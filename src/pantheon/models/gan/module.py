@@ -20,6 +20,7 @@ class ConditionalGAN(L.LightningModule):
     def __init__(
         self,
         arch: str = "dcgan",
+        width: int | None = None,
         latent_dim: int = 100,
         num_classes: int = 10,
         loss: str = "lsgan",
@@ -35,7 +36,7 @@ class ConditionalGAN(L.LightningModule):
             raise UserError(f"model.loss={loss!r} is not one of {'|'.join(LOSSES)}")
         self.save_hyperparameters()
         self.automatic_optimization = False
-        self.generator, self.discriminator = build_networks(arch, latent_dim, num_classes)
+        self.generator, self.discriminator = build_networks(arch, latent_dim, num_classes, width)
         self.loss = LOSSES[loss]
         grid_labels = torch.arange(num_classes).repeat_interleave(10)  # row r holds digit r
         grid_noise = torch.randn(

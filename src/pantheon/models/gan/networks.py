@@ -18,10 +18,10 @@ IMAGE_PIXELS = 28 * 28
 class MLPGenerator(nn.Module):
     """The assignment's generator: [noise, label embedding] -> 256 -> 512 -> 1024 -> 784, tanh."""
 
-    def __init__(self, latent_dim: int = 100, num_classes: int = 10, hidden: int = 256) -> None:
+    def __init__(self, latent_dim: int = 100, num_classes: int = 10, width: int = 256) -> None:
         super().__init__()
         self.label_embedding = nn.Embedding(num_classes, num_classes)
-        widths = [latent_dim + num_classes, hidden, hidden * 2, hidden * 4]
+        widths = [latent_dim + num_classes, width, width * 2, width * 4]
         layers: list[nn.Module] = []
         for w_in, w_out in itertools.pairwise(widths):
             layers += [nn.Linear(w_in, w_out), nn.BatchNorm1d(w_out), nn.LeakyReLU(0.2)]
@@ -35,17 +35,17 @@ class MLPGenerator(nn.Module):
 class MLPDiscriminator(nn.Module):
     """The assignment's discriminator: [image, label embedding] -> 512 -> 256 -> 1 logit."""
 
-    def __init__(self, num_classes: int = 10, hidden: int = 512) -> None:
+    def __init__(self, num_classes: int = 10, width: int = 256) -> None:
         super().__init__()
         self.label_embedding = nn.Embedding(num_classes, num_classes)
         self.net = nn.Sequential(
-            nn.Linear(IMAGE_PIXELS + num_classes, hidden),
+            nn.Linear(IMAGE_PIXELS + num_classes, 2 * width),
             nn.LeakyReLU(0.2),
             nn.Dropout(0.3),
-            nn.Linear(hidden, hidden // 2),
+            nn.Linear(2 * width, width),
             nn.LeakyReLU(0.2),
             nn.Dropout(0.3),
-            nn.Linear(hidden // 2, 1),
+            nn.Linear(width, 1),
         )
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -54,10 +54,10 @@ class MLPDiscriminator(nn.Module):
 
 
 class DCGANGenerator(nn.Module):
-    """[noise, label embedding] -> 128x7x7 -> (transposed conv) 64x14x14 -> 1x28x28, tanh."""
+    """[noise, label embedding] -> (2w)x7x7 -> (transposed conv) w x14x14 -> 1x28x28, tanh (w = width)."""
 
     def __init__(
-        self, latent_dim: int = 100, num_classes: int = 10, width: int = 64, embed_dim: int = 50
+        self, latent_dim: int = 100, num_classes: int = 10, width: int = 32, embed_dim: int = 50
     ) -> None:
         super().__init__()
         self.width = width
@@ -81,9 +81,9 @@ class DCGANGenerator(nn.Module):
 
 
 class DCGANDiscriminator(nn.Module):
-    """[image, label as a 28x28 channel] -> 64x14x14 -> 128x7x7 -> 1 logit (spectral-free, LeakyReLU)."""
+    """[image, label as a 28x28 channel] -> w x14x14 -> (2w)x7x7 -> 1 logit (w = width)."""
 
-    def __init__(self, num_classes: int = 10, width: int = 64) -> None:
+    def __init__(self, num_classes: int = 10, width: int = 32) -> None:
         super().__init__()
         self.label_embedding = nn.Embedding(num_classes, IMAGE_PIXELS)
         self.features = nn.Sequential(
@@ -104,10 +104,17 @@ class DCGANDiscriminator(nn.Module):
 ARCHITECTURES = {"mlp": (MLPGenerator, MLPDiscriminator), "dcgan": (DCGANGenerator, DCGANDiscriminator)}
 
 
-def build_networks(arch: str, latent_dim: int, num_classes: int) -> tuple[nn.Module, nn.Module]:
-    """The (generator, discriminator) pair for `arch`, initialised as in DCGAN (N(0, 0.02))."""
+def build_networks(
+    arch: str, latent_dim: int, num_classes: int, width: int | None = None
+) -> tuple[nn.Module, nn.Module]:
+    """The (generator, discriminator) pair for `arch`, initialised as in DCGAN (N(0, 0.02)).
+    `width` scales both nets (dcgan: channels of the 14x14 layer; mlp: the first hidden layer)."""
     generator_cls, discriminator_cls = ARCHITECTURES[arch]
-    generator, discriminator = generator_cls(latent_dim, num_classes), discriminator_cls(num_classes)
+    sizes = {} if width is None else {"width": width}
+    generator, discriminator = (
+        generator_cls(latent_dim, num_classes, **sizes),
+        discriminator_cls(num_classes, **sizes),
+    )
     for module in (*generator.modules(), *discriminator.modules()):
         if isinstance(module, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
             nn.init.normal_(module.weight, 0.0, 0.02)
