@@ -16,6 +16,16 @@ class UserError(Exception):
     """Bad input the user can fix: a path, a key, a value. The message names what is wrong and how to fix it."""
 
 
+def find_user_error(err: BaseException | None) -> UserError | None:
+    """The UserError behind `err`: itself, or the cause a wrapper chained to it (hydra.utils.instantiate
+    raises InstantiationException from the constructor's error)."""
+    while err is not None:
+        if isinstance(err, UserError):
+            return err
+        err = err.__cause__
+    return None
+
+
 def exit_on_user_error(func: F) -> F:
     """Turn a UserError escaping an entry point into `error: <message>` on stderr and exit code 2."""
 
@@ -23,8 +33,11 @@ def exit_on_user_error(func: F) -> F:
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
-        except UserError as err:
-            print(f"error: {err}", file=sys.stderr, flush=True)
+        except Exception as err:
+            user_error = find_user_error(err)
+            if user_error is None:
+                raise
+            print(f"error: {user_error}", file=sys.stderr, flush=True)
             sys.exit(USER_ERROR_EXIT_CODE)
 
     return wrapper  # type: ignore[return-value]

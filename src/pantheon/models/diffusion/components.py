@@ -21,7 +21,9 @@ LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 def is_hub_id(name_or_path: str) -> bool:
     """`org/name` that is not a local path (Hub ids have at most one slash and no leading ./ or /)."""
     text = str(name_or_path)
-    return not Path(text).expanduser().exists() and not text.startswith(("/", ".", "~")) and text.count("/") <= 1
+    return (
+        not Path(text).expanduser().exists() and not text.startswith(("/", ".", "~")) and text.count("/") <= 1
+    )
 
 
 def resolve_pretrained(name_or_path: str, field: str = "model.pretrained_model") -> str:
@@ -36,14 +38,25 @@ def resolve_pretrained(name_or_path: str, field: str = "model.pretrained_model")
         return str(name_or_path)
     path = Path(name_or_path).expanduser()
     if not (path / "model_index.json").is_file():
-        what = "does not exist" if not path.exists() else "has no model_index.json (not a diffusers pipeline folder)"
-        raise UserError(f"{field}={name_or_path} {what}: point it at a folder saved by save_pretrained or a Hub id")
+        what = (
+            "does not exist"
+            if not path.exists()
+            else "has no model_index.json (not a diffusers pipeline folder)"
+        )
+        raise UserError(
+            f"{field}={name_or_path} {what}: point it at a folder saved by save_pretrained or a Hub id"
+        )
     return str(path)
 
 
-def load_components(name_or_path: str, prediction_type: str | None = None) -> dict:
-    """unet, vae, text_encoder, tokenizer and the training noise scheduler of a pipeline folder or Hub id.
-    `prediction_type` (epsilon | v_prediction) overrides the scheduler's, so exports sample the way we trained."""
+COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+def load_components(
+    name_or_path: str, prediction_type: str | None = None, names: tuple[str, ...] = COMPONENTS
+) -> dict:
+    """The named parts (unet, vae, text_encoder, tokenizer, training noise scheduler) of a pipeline folder or Hub
+    id. `prediction_type` (epsilon | v_prediction) overrides the scheduler's, so exports sample as we trained."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -51,15 +64,14 @@ def load_components(name_or_path: str, prediction_type: str | None = None) -> di
     scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler")
     if prediction_type is not None:
         if prediction_type not in PREDICTION_TYPES:
-            raise UserError(f"model.prediction_type={prediction_type!r} is not one of {'|'.join(PREDICTION_TYPES)}")
+            raise UserError(
+                f"model.prediction_type={prediction_type!r} is not one of {'|'.join(PREDICTION_TYPES)}"
+            )
         scheduler.register_to_config(prediction_type=prediction_type)
-    return {
-        "unet": UNet2DConditionModel.from_pretrained(source, subfolder="unet"),
-        "vae": AutoencoderKL.from_pretrained(source, subfolder="vae"),
-        "text_encoder": CLIPTextModel.from_pretrained(source, subfolder="text_encoder"),
-        "tokenizer": CLIPTokenizer.from_pretrained(source, subfolder="tokenizer"),
-        "scheduler": scheduler,
-    }
+    classes = {"unet": UNet2DConditionModel, "vae": AutoencoderKL, "text_encoder": CLIPTextModel,
+               "tokenizer": CLIPTokenizer}  # fmt: skip
+    parts = {name: classes[name].from_pretrained(source, subfolder=name) for name in names if name in classes}
+    return {**parts, "scheduler": scheduler} if "scheduler" in names else parts
 
 
 def make_pipeline(components: dict, scheduler=None):
@@ -93,7 +105,9 @@ def add_lora(unet: torch.nn.Module, rank: int, alpha: float | None = None) -> No
     if rank < 1:
         raise UserError(f"model.lora_rank={rank}: use a rank >= 1, or lora_rank=null for a full fine-tune")
     unet.requires_grad_(False)
-    config = LoraConfig(r=rank, lora_alpha=alpha or rank, init_lora_weights="gaussian", target_modules=list(LORA_TARGETS))
+    config = LoraConfig(
+        r=rank, lora_alpha=alpha or rank, init_lora_weights="gaussian", target_modules=list(LORA_TARGETS)
+    )
     unet.add_adapter(config)
 
 

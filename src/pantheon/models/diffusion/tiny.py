@@ -29,12 +29,12 @@ CLIP_MERGES = 49152 - 256 - 2  # CLIP keeps the first 48,894 merges of the BPE f
 
 @dataclass(frozen=True)
 class TinySpec:
-    """Sizes of the tiny pipeline: ~2M parameters in the UNet; a 64 px image is a 4x32x32 latent."""
+    """Sizes of the tiny pipeline: ~1M parameters in the UNet; a 64 px image is a 4x16x16 latent."""
 
     resolution: int = 64
     unet_channels: tuple[int, ...] = (32, 64)
     layers_per_block: int = 1
-    vae_channels: tuple[int, ...] = (32, 64)
+    vae_channels: tuple[int, ...] = (32, 64, 64)
     text_width: int = 32
     text_layers: int = 2
     seed: int = 0
@@ -44,13 +44,19 @@ def clip_bpe_path() -> Path:
     try:
         import open_clip
     except ImportError as err:
-        raise UserError("the tiny pipeline needs open_clip_torch for the CLIP vocabulary: pip install open_clip_torch") from err
+        raise UserError(
+            "the tiny pipeline needs open_clip_torch for the CLIP vocabulary: pip install open_clip_torch"
+        ) from err
     return Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
 
 
 def bytes_to_unicode() -> dict[int, str]:
     """CLIP's reversible byte -> printable character table (GPT-2 / open_clip)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     chars = printable[:]
     extra = 0
     for byte in range(256):
@@ -65,7 +71,7 @@ def build_clip_tokenizer():
     """A CLIPTokenizer with CLIP's 49,408 ids, from open_clip's BPE file (no Hub)."""
     from transformers import CLIPTokenizer
 
-    lines = gzip.open(clip_bpe_path()).read().decode("utf-8").split("\n")
+    lines = gzip.decompress(clip_bpe_path().read_bytes()).decode("utf-8").split("\n")
     merges = [tuple(line.split()) for line in lines[1 : CLIP_MERGES + 1]]
     symbols = list(bytes_to_unicode().values())
     tokens = [*symbols, *(s + "</w>" for s in symbols), *("".join(m) for m in merges), CLIP_BOS, CLIP_EOS]
@@ -125,7 +131,13 @@ def build_tiny_components(spec: TinySpec = TinySpec()) -> dict:
         probe = torch.nn.functional.interpolate(torch.rand(8, 3, 8, 8), size=spec.resolution, mode="bilinear")
         latents = vae.encode(probe * 2 - 1).latent_dist.mean
     vae.register_to_config(scaling_factor=round(1.0 / latents.std().item(), 5))
-    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler}
+    return {
+        "unet": unet,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+        "scheduler": scheduler,
+    }
 
 
 def ensure_tiny_pipeline(path: str | Path, spec: TinySpec = TinySpec()) -> Path:
@@ -139,6 +151,7 @@ def ensure_tiny_pipeline(path: str | Path, spec: TinySpec = TinySpec()) -> Path:
     log.info(f"building the tiny diffusion pipeline (offline, seeded) in {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the cache is shared like any folder
     try:
         save_pipeline(build_tiny_components(spec), staging)
         try:
