@@ -13,8 +13,9 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 import pantheon.cluster  # noqa: F401  (registers the run_id resolver used by hydra.run.dir)
-from pantheon.cluster.checkpointing import AtomicCheckpointIO, resolve_resume_checkpoint
+from pantheon.cluster.checkpointing import resolve_resume_checkpoint
 from pantheon.cluster.environment import global_rank
+from pantheon.cluster.job import job_callbacks, job_plugins, make_train_order_resumable, prepare_job
 from pantheon.utils.config_checks import check_config
 from pantheon.utils.errors import exit_on_user_error
 from pantheon.utils.instantiate import instantiate_callbacks, instantiate_loggers
@@ -26,6 +27,7 @@ log = RankedLogger(__name__)
 @exit_on_user_error
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the configured model; returns the final logged metrics."""
+    prepare_job()  # first: SLURM's warning signal may come at any time (pantheon.cluster.requeue)
     check_config(cfg)
     # One seed reaches torch, numpy, random and dataloader workers; offset per rank so ranks draw different noise
     # (DDP broadcasts rank 0's initial weights, so models still start identical).
@@ -35,13 +37,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     # _convert_="all": plain lists/dicts in hparams, so checkpoints load with torch's weights_only=True.
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    make_train_order_resumable(datamodule, cfg.seed)  # a run resumed mid-epoch continues its data order
     model: L.LightningModule = hydra.utils.instantiate(cfg.model, _convert_="all")
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer,
-        callbacks=instantiate_callbacks(cfg.get("callbacks")),
+        callbacks=[*instantiate_callbacks(cfg.get("callbacks")), *job_callbacks(cfg)],
         logger=loggers or False,
-        plugins=[AtomicCheckpointIO()],
+        plugins=job_plugins(),
     )
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))

@@ -74,7 +74,9 @@ def test_both_nodes_up():
 
 
 def test_srun_runs_one_task_per_node(job_name):
-    r = sh(["srun", "-J", job_name, "-t", "2", "-N2", "-n2", "bash", "-c", "echo $SLURMD_NODENAME"], timeout=60)
+    r = sh(
+        ["srun", "-J", job_name, "-t", "2", "-N2", "-n2", "bash", "-c", "echo $SLURMD_NODENAME"], timeout=60
+    )
     assert r.returncode == 0, f"srun failed (rc {r.returncode}): {r.stderr.strip()}"
     assert sorted(r.stdout.split()) == NODES
 
@@ -83,10 +85,24 @@ def sbatch_wait(tmp_path: Path, job_name: str) -> tuple[str, Path]:
     """sbatch --wait a tiny script; returns (job id, output file)."""
     out = tmp_path / "job.out"
     script = tmp_path / "job.sh"
-    script.write_text("#!/bin/bash\necho \"hello from $SLURMD_NODENAME job $SLURM_JOB_ID\"\n")
+    script.write_text('#!/bin/bash\necho "hello from $SLURMD_NODENAME job $SLURM_JOB_ID"\n')
     r = sh(
-        ["sbatch", "--wait", "--parsable", "-J", job_name, "-t", "2", "-N1", "-n1",
-         "-D", str(tmp_path), "-o", str(out), str(script)],
+        [
+            "sbatch",
+            "--wait",
+            "--parsable",
+            "-J",
+            job_name,
+            "-t",
+            "2",
+            "-N1",
+            "-n1",
+            "-D",
+            str(tmp_path),
+            "-o",
+            str(out),
+            str(script),
+        ],
         timeout=60,
     )
     assert r.returncode == 0, f"sbatch --wait failed (rc {r.returncode}): {r.stderr.strip()}"
@@ -102,7 +118,9 @@ def test_sbatch_wait_writes_output(tmp_path, job_name):
 
 def test_sacct_sees_finished_job(tmp_path, job_name):
     if not accounting_enabled():
-        pytest.skip("accounting is disabled (AccountingStorageType=accounting_storage/none): slurmdbd not running")
+        pytest.skip(
+            "accounting is disabled (AccountingStorageType=accounting_storage/none): slurmdbd not running"
+        )
     job_id, _ = sbatch_wait(tmp_path, job_name)
     # slurmctld sends the job's end to slurmdbd asynchronously: poll briefly.
     deadline = time.monotonic() + 30

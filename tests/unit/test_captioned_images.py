@@ -107,7 +107,6 @@ def test_missing_folder_and_offline_hub_dataset(tmp_path: Path, monkeypatch) -> 
     host_reachable.cache_clear()
 
 
-
 def test_bad_data_fails_the_train_entry_point_before_the_model_loads(
     fast_cfg, tmp_path: Path, capsys
 ) -> None:

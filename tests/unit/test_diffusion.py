@@ -224,7 +224,6 @@ def test_cached_latents_give_the_same_loss_as_on_the_fly(tiny: Path, shapes: Pat
     assert [dm.train_set[i]["text"] for i in range(4)] == captions
 
 
-
 def test_offline_hub_id_fails_fast_with_one_line(fast_cfg, shapes: Path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("PANTHEON_OFFLINE", "1")
     host_reachable.cache_clear()

@@ -7,7 +7,12 @@ launcher all export their rank variables before our code runs.
 from __future__ import annotations
 
 import os
+import re
+import socket
+import subprocess
 from datetime import datetime
+
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 
 def global_rank() -> int:
@@ -34,3 +39,92 @@ def run_id() -> str:
     if job:
         return f"slurm-{job}"
     return datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+
+
+def restart_count() -> int:
+    """How often SLURM has requeued this job (0 on the first run and off SLURM)."""
+    return int(os.environ.get("SLURM_RESTART_COUNT", 0) or 0)
+
+
+def in_slurm_job() -> bool:
+    return "SLURM_JOB_ID" in os.environ
+
+
+def in_srun_step() -> bool:
+    """True in a task that srun started (also submitit's tasks); False in the batch script itself, where
+    SLURM's rank variables describe the allocation, not this process."""
+    return "SLURM_STEP_ID" in os.environ
+
+
+def parse_tasks_per_node(spec: str) -> list[int]:
+    """SLURM's compressed per-node task counts, e.g. '2(x3),1' -> [2, 2, 2, 1]."""
+    counts: list[int] = []
+    for part in spec.split(","):
+        match = re.fullmatch(r"\s*(\d+)(?:\(x(\d+)\))?\s*", part)
+        if not match:
+            raise ValueError(f"not a SLURM tasks-per-node list: {spec!r}")
+        counts += [int(match.group(1))] * int(match.group(2) or 1)
+    return counts
+
+
+def srun_layout() -> tuple[int, list[int]] | None:
+    """(nodes, tasks on each node) of the srun step this process belongs to, or None outside one."""
+    if not in_srun_step():
+        return None
+    spec = os.environ.get("SLURM_STEP_TASKS_PER_NODE") or os.environ.get("SLURM_TASKS_PER_NODE", "1")
+    nodes = int(os.environ.get("SLURM_STEP_NUM_NODES") or os.environ.get("SLURM_NNODES", 1))
+    return nodes, parse_tasks_per_node(spec)
+
+
+def first_node(nodelist: str) -> str:
+    """The first host of a SLURM node list ('n[1-2]' -> 'n1'), as `scontrol show hostnames` prints it."""
+    try:
+        out = subprocess.run(
+            ["scontrol", "show", "hostnames", nodelist],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+        return out.split()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return SLURMEnvironment.resolve_root_node_address(nodelist)
+
+
+def node_address(node: str) -> str:
+    """An address other nodes can reach `node` at: its name when DNS knows it, else SLURM's NodeAddr
+    (the local dev cluster's n1/n2 are names only SLURM knows; they live at 127.0.0.1)."""
+    try:
+        socket.gethostbyname(node)
+        return node
+    except OSError:
+        pass
+    try:
+        out = subprocess.run(
+            ["scontrol", "show", "node", node], capture_output=True, text=True, timeout=30, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return node
+    match = re.search(r"NodeAddr=(\S+)", out)
+    return match.group(1) if match else node
+
+
+def export_main_address() -> None:
+    """Set MASTER_ADDR for a multi-node srun step that lacks it (submitit's jobs; the sbatch templates export
+    their own). Lightning would take the first node's name, which need not resolve."""
+    if "MASTER_ADDR" in os.environ or not in_srun_step():
+        return
+    nodelist = os.environ.get("SLURM_STEP_NODELIST") or os.environ.get("SLURM_JOB_NODELIST")
+    if nodelist:
+        os.environ["MASTER_ADDR"] = node_address(first_node(nodelist))
+
+
+def lightning_cluster_environment() -> list[SLURMEnvironment]:
+    """Lightning's SLURM environment (ranks from srun) with its auto-requeue switched off, when Lightning
+    would pick SLURM at all: requeueing is pantheon.cluster.requeue's job, and two handlers of one signal
+    would each save and requeue. An empty list elsewhere (Lightning then detects its own environment)."""
+    # SLURMEnvironment.detect()'s rule, without its "srun is available but not used" warning.
+    if "SLURM_NTASKS" not in os.environ or os.environ.get("SLURM_JOB_NAME") in ("bash", "interactive"):
+        return []
+    export_main_address()
+    return [SLURMEnvironment(auto_requeue=False)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
+from pantheon.cluster.preflight import check_job_layout, reject_unsupported_strategy
 from pantheon.utils.errors import UserError
 
 SECRET_WORDS = ("api_key", "apikey", "token", "password", "secret")
@@ -29,6 +30,10 @@ def reject_secrets(cfg: DictConfig) -> None:
     walk(OmegaConf.to_container(cfg, resolve=False), "")
 
 
-def check_config(cfg: DictConfig) -> None:
-    """All pre-flight checks of a training config."""
+def check_config(cfg: DictConfig, in_job: bool = True) -> None:
+    """All pre-flight checks of a training config: in the run itself, and per job in the submitting process
+    (`in_job=False`, pantheon.cluster.launcher) before anything is queued."""
     reject_secrets(cfg)
+    reject_unsupported_strategy(cfg)
+    if in_job:
+        check_job_layout(cfg)

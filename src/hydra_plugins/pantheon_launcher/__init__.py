@@ -1,0 +1,1 @@
+"""Hydra instantiates launchers only from the `hydra_plugins` namespace: this package registers pantheon's."""

@@ -1,0 +1,370 @@
+"""Training jobs on the real local SLURM cluster (slurm/slurm-up.sh: nodes n1, n2, one CPU each), CPU + gloo.
+
+(1) sbatch, 2 nodes x 1 task: DDP GAN completes, both ranks end with identical weights.
+(2) submitit launcher: a 2-point sweep runs as a job array, both results come back.
+(3) preemption: a job signalled mid-epoch saves, requeues itself, resumes at the same step and ends with the
+    final step and weights of an uninterrupted run with the same seed (the run of test 1).
+(4) a sweep whose allocation does not match its trainer is refused before submission: no job appears.
+(5) the tiny diffusion experiment under DDP on 2 tasks.
+
+Skipped with the reason when the SLURM tools are missing or the cluster is down. Every SLURM call and every job
+wait is bounded; jobs are cancelled by name when a test ends. Runs are tiny (a few batches, csv logger, no
+progress bar, no validation): the time goes into Python start-up on two shared cores.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.core.utils import JobStatus
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+UP_HINT = "start it with `make slurm-up` (slurm/slurm-up.sh)"
+JOB_TIMEOUT_S = 300
+# The GAN run of tests 1 and 3: 2 epochs of 4 batches (2 optimizer steps each: global step 16).
+GAN_ARGS = [
+    "experiment=mnist_gan",
+    "trainer=ddp_cpu",
+    "trainer.num_nodes=2",
+    "trainer.devices=1",
+    "trainer.max_epochs=2",
+    "+trainer.limit_train_batches=4",
+    "+trainer.limit_val_batches=0",
+    "+trainer.enable_progress_bar=false",
+    "+trainer.enable_model_summary=false",
+    "logger=csv",
+    "callbacks=none",
+    "trainer.log_every_n_steps=1",
+    "data.batch_size=16",
+    "seed=5",
+]
+FINAL_STEP = 16
+PREEMPT_AT_STEP = 6  # mid-epoch 0: 3 of its 4 batches done
+
+
+def sh(args: list[str], timeout: int = 30, **kwargs) -> subprocess.CompletedProcess:
+    """args under coreutils `timeout` (which also kills a hung srun/sbatch), never raising on exit code."""
+    return subprocess.run(
+        ["timeout", "-k", "5", str(timeout), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout + 15,
+        **kwargs,
+    )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster_up():
+    if shutil.which("sinfo") is None:
+        pytest.skip(f"SLURM client tools not installed (no sinfo on PATH); {UP_HINT}")
+    probe = sh(["sinfo", "-h", "-o", "%T"], timeout=5)
+    if probe.returncode != 0 or not probe.stdout.strip():
+        reason = (
+            "timed out" if probe.returncode == 124 else (probe.stderr.strip() or f"exit {probe.returncode}")
+        )
+        pytest.skip(f"SLURM cluster not up (`sinfo`: {reason}); {UP_HINT}")
+    states = set(probe.stdout.split())
+    if not states & {"idle", "mixed", "allocated", "completing"}:
+        pytest.skip(f"no usable SLURM node (states: {', '.join(sorted(states))}); {UP_HINT}")
+
+
+@pytest.fixture(scope="module")
+def job_name():
+    """One unique job name for this module's jobs; whatever is left of them is cancelled at the end."""
+    name = f"pantheon-it-{uuid.uuid4().hex[:8]}"
+    yield name
+    sh(["scancel", "--name", name], timeout=10)
+
+
+def job_env() -> dict[str, str]:
+    return {**os.environ, "WANDB_MODE": "offline", "PANTHEON_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def sbatch(
+    tmp: Path,
+    name: str,
+    args: list[str],
+    wait: bool = True,
+    script: str = "multi_node",
+    options: tuple = ("--nodes=2",),
+) -> tuple[str, Path]:
+    """Submit slurm/<script>.sbatch from the repository root; returns (job id, its output file)."""
+    out = tmp / f"{name}-%j.out"
+    command = ["sbatch", "--parsable", f"--job-name={name}", "--time=10", f"--output={out}", *options]
+    command += ["--wait"] if wait else []
+    result = sh([*command, f"slurm/{script}.sbatch", *args], timeout=JOB_TIMEOUT_S, cwd=ROOT, env=job_env())
+    job = result.stdout.strip().split(";")[0]
+    log = Path(str(out).replace("%j", job)) if job else out
+    text = log.read_text() if log.is_file() else "(no output file)"
+    assert job, f"sbatch failed (rc {result.returncode}): {result.stderr.strip()}"
+    if wait:
+        assert result.returncode == 0, (
+            f"job {job} failed (rc {result.returncode}); its output:\n{text[-4000:]}"
+        )
+    return job, log
+
+
+def job_state(job: str) -> tuple[str, int]:
+    """(state, restarts) from scontrol (works without accounting too)."""
+    text = sh(["scontrol", "show", "job", job], timeout=10).stdout
+    state = re.search(r"JobState=(\S+)", text)
+    restarts = re.search(r"Restarts=(\d+)", text)
+    return (state.group(1) if state else "UNKNOWN"), int(restarts.group(1)) if restarts else 0
+
+
+def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 1.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll_s)
+    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def load_weights(dirpath: Path) -> list[dict]:
+    return [torch.load(dirpath / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+
+
+def assert_same_weights(a: dict, b: dict, what: str, parameters_only: bool = False) -> None:
+    """Bit-identical tensors. DDP keeps parameters identical across ranks, not buffers: BatchNorm running
+    statistics follow each rank's own batches (unless trainer.sync_batchnorm=true), so comparing ranks with
+    each other uses parameters_only."""
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    names = a["parameters"] if parameters_only else list(a["state_dict"])
+    assert names, f"{what}: nothing to compare"
+    different = [k for k in names if not torch.equal(a["state_dict"][k], b["state_dict"][k])]
+    assert not different, f"{what}: {len(different)} of {len(names)} tensors differ, e.g. {different[:3]}"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_gan(tmp_path_factory, job_name) -> dict:
+    """Test 1's run, also test 3's reference: sbatch 2 nodes x 1 task DDP GAN, weights dumped by every rank."""
+    tmp = tmp_path_factory.mktemp("gan")
+    args = [*GAN_ARGS, f"paths.log_dir={tmp}/logs", *dump_weights(tmp / "weights")]
+    job, log = sbatch(tmp, job_name, args)
+    return {"job": job, "log": log, "tmp": tmp, "weights": load_weights(tmp / "weights")}
+
+
+def dump_weights(dirpath: Path) -> list[str]:
+    return [
+        "+callbacks.dump._target_=tests.integration.callbacks.DumpWeights",
+        f"+callbacks.dump.dirpath={dirpath}",
+    ]
+
+
+def test_sbatch_two_node_ddp_gan_ranks_agree(uninterrupted_gan) -> None:
+    rank0, rank1 = uninterrupted_gan["weights"]
+    assert rank0["global_step"] == rank1["global_step"] == FINAL_STEP
+    assert_same_weights(rank0, rank1, "rank 0 vs rank 1 after DDP", parameters_only=True)
+    log = uninterrupted_gan["log"].read_text()
+    assert "2 tasks (1(x2) per node)" in log and "MASTER_ADDR=" in log
+    run_dir = uninterrupted_gan["tmp"] / "logs" / "train" / "runs" / f"slurm-{uninterrupted_gan['job']}"
+    assert (run_dir / "csv" / "version_0" / "metrics.csv").is_file(), (
+        "one run dir named by the job id, rank 0 logs"
+    )
+    assert not list(run_dir.glob("csv/version_1")), "only rank 0 writes loggers"
+
+
+def test_preempted_job_requeues_and_resumes_exactly(uninterrupted_gan, tmp_path: Path, job_name: str) -> None:
+    marker = tmp_path / "held"
+    hold = [
+        "+callbacks.hold._target_=tests.integration.callbacks.HoldAtStep",
+        f"+callbacks.hold.step={PREEMPT_AT_STEP}",
+        f"+callbacks.hold.marker={marker}",
+    ]
+    args = [*GAN_ARGS, f"paths.log_dir={tmp_path}/logs", *dump_weights(tmp_path / "weights"), *hold]
+    job, log = sbatch(tmp_path, job_name, args, wait=False)
+
+    wait_for(marker.is_file, JOB_TIMEOUT_S, f"job {job} to reach global step {PREEMPT_AT_STEP}")
+    # What SLURM does at --signal=USR1@<s> before the time limit, or an admin's preemption warning.
+    signalled = sh(["scancel", "--signal=USR1", job], timeout=10)
+    assert signalled.returncode == 0, signalled.stderr
+    state, restarts = wait_for(
+        lambda: (s := job_state(job))[0] in {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"} and s,
+        JOB_TIMEOUT_S,
+        f"requeued job {job} to finish",
+    )
+    text = log.read_text()
+    assert state == "COMPLETED", f"job {job} ended {state}; output:\n{text[-4000:]}"
+    assert restarts == 1, f"expected one requeue, scontrol says Restarts={restarts}"
+
+    run_dir = tmp_path / "logs" / "train" / "runs" / f"slurm-{job}"
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    assert f"saved {ckpt} at global step {PREEMPT_AT_STEP}" in text
+    assert f"requeued SLURM job {job}" in text
+    assert f"resumed {ckpt} at global step {PREEMPT_AT_STEP} (epoch 0, 3 batches into it)" in text
+    assert "restart 1 on n[1-2]" in text, "the requeued run started again on both nodes"
+
+    preempted = load_weights(tmp_path / "weights")
+    assert all(w["restart_count"] == 1 for w in preempted), "final weights come from the requeued run"
+    reference = uninterrupted_gan["weights"]
+    assert all(w["global_step"] == FINAL_STEP for w in preempted)
+    # The model the run produces (rank 0's full state, BatchNorm statistics included: the checkpoint's) and every
+    # rank's parameters are bit-identical to the uninterrupted run's. Ranks > 0 keep their own BatchNorm running
+    # statistics, which no checkpoint holds (it is rank 0's); they resume from rank 0's.
+    assert_same_weights(preempted[0], reference[0], "rank 0 of the preempted run vs the uninterrupted run")
+    assert_same_weights(
+        preempted[1],
+        reference[1],
+        "rank 1 of the preempted run vs the uninterrupted run",
+        parameters_only=True,
+    )
+
+
+def test_submitit_sweep_runs_as_a_job_array(tmp_path: Path, job_name: str) -> None:
+    sweep = tmp_path / "sweep"
+    command = [
+        sys.executable, "-m", "pantheon.train", "-m", "hydra/launcher=submitit_slurm", "cluster=local",
+        "experiment=mnist_gan", "trainer=cpu", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
+        "+trainer.limit_val_batches=0", "+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false",
+        "trainer.log_every_n_steps=1", "logger=csv", "callbacks=none", "data.batch_size=16", "+optimized_metric=train/g_loss",
+        f"hydra.sweep.dir={sweep}", f"hydra.launcher.name={job_name}", "seed=1,2",
+    ]  # fmt: skip
+    result = sh(command, timeout=JOB_TIMEOUT_S, cwd=ROOT, env=job_env())
+    assert result.returncode == 0, f"multirun failed (rc {result.returncode}):\n{result.stderr[-4000:]}"
+    assert "batch size: 16 per device x 1 device (1 per node x 1 node) = 16 global" in result.stdout
+
+    # One folder per array task (<array id>_<index>), next to the array's own (<array id>: the sbatch script).
+    folders = sorted(p.name for p in (sweep / ".submitit").iterdir() if p.is_dir() and "_" in p.name)
+    array_id = folders[0].split("_")[0] if folders else "?"
+    assert folders == [f"{array_id}_0", f"{array_id}_1"], f"not a 2-task job array: {folders}"
+    results = []
+    for folder in folders:
+        (pkl,) = (sweep / ".submitit" / folder).glob("*_result.pkl")
+        status, job_return = pickle.loads(pkl.read_bytes())  # submitit's ("success", Hydra's JobReturn)
+        assert status == "success", job_return
+        assert job_return.status == JobStatus.COMPLETED, job_return
+        results.append(job_return.return_value)  # train/g_loss, the task function's return
+    assert all(isinstance(v, float) for v in results) and results[0] != results[1], results
+    for num in (0, 1):
+        assert (sweep / str(num) / "csv" / "version_0" / "metrics.csv").is_file(), (
+            "each point has its own run dir"
+        )
+
+
+def test_submitit_job_preempted_resumes_in_its_sweep_dir(tmp_path: Path, job_name: str) -> None:
+    """The same one mechanism under submitit: its warning (SIGUSR2) reaches pantheon's handler, not submitit's;
+    the job saves, requeues, runs again from submitit's pickle in the sweep directory fixed at submit time,
+    resumes there, and the waiting multirun gets its result."""
+    sweep, marker = tmp_path / "sweep", tmp_path / "held"
+    command = [
+        sys.executable, "-m", "pantheon.train", "-m", "hydra/launcher=submitit_slurm", "cluster=local",
+        *[a for a in GAN_ARGS if not a.startswith(("trainer=", "trainer.num_nodes", "trainer.devices"))],
+        "trainer=cpu", f"hydra.sweep.dir={sweep}", f"hydra.launcher.name={job_name}",
+        "+callbacks.hold._target_=tests.integration.callbacks.HoldAtStep", f"+callbacks.hold.step={PREEMPT_AT_STEP}",
+        f"+callbacks.hold.marker={marker}",
+    ]  # fmt: skip
+    output = tmp_path / "multirun.out"
+    with output.open("w") as sink:
+        multirun = subprocess.Popen(
+            ["timeout", "-k", "5", str(JOB_TIMEOUT_S), *command],
+            cwd=ROOT,
+            env=job_env(),
+            stdout=sink,
+            stderr=sink,
+        )
+    try:
+        wait_for(marker.is_file, JOB_TIMEOUT_S, f"the submitit job to reach global step {PREEMPT_AT_STEP}")
+        # One sweep point: submitit submits a plain job (folder <job id>), not an array.
+        (task,) = [p.name for p in (sweep / ".submitit").iterdir() if re.fullmatch(r"\d+(_\d+)?", p.name)]
+        signalled = sh(["scancel", "--signal=USR2", task], timeout=10)
+        assert signalled.returncode == 0, signalled.stderr
+        multirun.wait(timeout=JOB_TIMEOUT_S + 30)
+    finally:
+        multirun.kill()
+    assert multirun.returncode == 0, (
+        f"multirun failed (rc {multirun.returncode}):\n{output.read_text()[-4000:]}"
+    )
+    log = (sweep / ".submitit" / task / f"{task}_0_log.out").read_text()
+    ckpt = sweep / "0" / "checkpoints" / "last.ckpt"
+    assert f"saved {ckpt} at global step {PREEMPT_AT_STEP}" in log, log[-3000:]
+    assert f"resumed {ckpt} at global step {PREEMPT_AT_STEP}" in log
+    assert "Caught signal SIGUSR2" not in log, "submitit's own handler must not run"
+    assert job_state(task)[1] == 1, "requeued once"
+    (pkl,) = (sweep / ".submitit" / task).glob("*_result.pkl")
+    assert pickle.loads(pkl.read_bytes())[0] == "success"
+    assert sorted(p.name for p in sweep.iterdir() if p.name.isdigit()) == ["0"], (
+        "one run dir, kept across requeue"
+    )
+
+
+def test_single_node_template_runs(tmp_path: Path, job_name: str) -> None:
+    """slurm/single_node.sbatch, its GPU defaults overridden on the command line as on the CPU dev cluster. One
+    task: the dev nodes have one CPU each, and SLURM 22.05 refuses --ntasks-per-node=2 there even with
+    --overcommit (multi-task DDP is tested across nodes above)."""
+    options = ("--ntasks-per-node=1", "--gpus-per-node=0", "--cpus-per-task=1")
+    args = [
+        *(a for a in GAN_ARGS if not a.startswith(("trainer=", "trainer.num_nodes", "trainer.devices", "trainer.max_epochs"))),
+        "trainer=cpu", "trainer.max_epochs=1", f"paths.log_dir={tmp_path}/logs", *dump_weights(tmp_path / "weights"),
+    ]  # fmt: skip
+    job, log = sbatch(tmp_path, job_name, args, script="single_node", options=options)
+    weights = torch.load(tmp_path / "weights" / "rank0.pt", weights_only=True)
+    assert weights["global_step"] == FINAL_STEP // 2
+    assert "1 tasks (1 per node)" in log.read_text()
+    assert (
+        tmp_path / "logs" / "train" / "runs" / f"slurm-{job}" / "csv" / "version_0" / "metrics.csv"
+    ).is_file()
+
+
+def test_mismatched_allocation_is_refused_before_submission(tmp_path: Path, job_name: str) -> None:
+    """A 2-point sweep whose second point wants 2 devices while the allocation gives 1 task per node: the whole
+    sweep is refused, in one line, before submitit submits anything (not even the valid first point)."""
+    command = [
+        sys.executable, "-m", "pantheon.train", "-m", "hydra/launcher=submitit_slurm", "cluster=local",
+        "experiment=mnist_gan", "trainer=ddp_cpu", "trainer.num_nodes=2", "cluster.tasks_per_node=1",
+        "trainer.devices=1,2", f"hydra.sweep.dir={tmp_path / 'sweep'}", f"hydra.launcher.name={job_name}-refused",
+    ]  # fmt: skip
+    result = sh(command, timeout=120, cwd=ROOT, env=job_env())
+    assert result.returncode == 2, f"rc {result.returncode}\n{result.stderr[-3000:]}"
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: SLURM would start 1 task(s) per node but trainer.devices=2: one task per device, so set "
+        "cluster.tasks_per_node=2 (or trainer.devices=1)"
+    ]
+    assert "Traceback" not in result.stderr
+    queued = sh(["squeue", "-h", "--name", f"{job_name}-refused"], timeout=10)
+    assert queued.returncode == 0 and not queued.stdout.strip(), f"a job was queued: {queued.stdout}"
+    assert not (tmp_path / "sweep" / ".submitit").exists(), "submitit wrote nothing"
+
+
+def test_tiny_diffusion_ddp_on_two_tasks(tmp_path: Path, job_name: str) -> None:
+    if not (ROOT / "configs" / "experiment" / "flowers_sd_tiny.yaml").is_file():
+        pytest.skip(
+            "configs/experiment/flowers_sd_tiny.yaml is missing (the diffusion experiment is not in yet)"
+        )
+    args = [
+        "experiment=flowers_sd_tiny",
+        "trainer=ddp_cpu",
+        "trainer.num_nodes=2",
+        "trainer.devices=1",
+        "trainer.max_steps=4",
+        "+trainer.limit_val_batches=0",
+        "+trainer.enable_progress_bar=false",
+        "+trainer.enable_model_summary=false",
+        "logger=csv",
+        "callbacks=none",
+        f"paths.log_dir={tmp_path}/logs",
+        *dump_weights(tmp_path / "weights"),
+    ]
+    _, log = sbatch(tmp_path, job_name, args)
+    rank0, rank1 = load_weights(tmp_path / "weights")
+    assert rank0["global_step"] == rank1["global_step"] == 4
+    assert any(k.startswith("unet.") for k in rank0["state_dict"])
+    assert not any(k.startswith(("vae.", "text_encoder.", "frozen.")) for k in rank0["state_dict"]), (
+        "the frozen parts stay out of the module tree"
+    )
+    assert_same_weights(rank0, rank1, "diffusion rank 0 vs rank 1 after DDP", parameters_only=True)
+    assert "2 tasks (1(x2) per node)" in log.read_text()
