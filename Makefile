@@ -14,7 +14,7 @@ SHARED_MNIST := ../shared/data/mnist
 TEST_CMD := $(PY) -m pytest -q -m "not integration"
 
 .PHONY: help install train train-full train-mlp train-diffusion sample sample-diffusion export test test-integration \
-        lint format bench bench-gan bench-diffusion evaluator plot slurm-up slurm-down submit sbatch clean
+        lint format bench bench-gan bench-diffusion evaluator plot slurm-up slurm-down submit sbatch consolidate clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -83,8 +83,13 @@ slurm-down: ## Stop the local SLURM cluster
 submit: $(STAMP) ## Submit an experiment with the submitit launcher (ARGS="experiment=... cluster=local ...")
 	$(PY) -m pantheon.train -m hydra/launcher=submitit_slurm $(ARGS)
 
-sbatch: $(STAMP) ## Submit with plain sbatch (SCRIPT=slurm/multi_node.sbatch ARGS="experiment=...")
-	sbatch $${SCRIPT:-slurm/multi_node.sbatch} $(ARGS)
+SBATCH_OPTS ?=
+sbatch: $(STAMP) ## Submit with plain sbatch (SCRIPT=slurm/multi_node.sbatch SBATCH_OPTS="--nodes=2" ARGS="experiment=...")
+	@mkdir -p logs/slurm
+	sbatch $(SBATCH_OPTS) $${SCRIPT:-slurm/multi_node.sbatch} $(ARGS)
+
+consolidate: $(STAMP) ## DeepSpeed checkpoint dir -> one fp32 .ckpt (CKPT=<run>/checkpoints/last.ckpt)
+	$(PY) -m pantheon.cluster.deepspeed $(CKPT)
 
 clean: ## Remove run outputs (logs/, outputs/, multirun/)
 	rm -rf logs outputs multirun
