@@ -1,4 +1,4 @@
-"""Plot a run's metrics.csv (Lightning CSVLogger) into a PNG: losses, class accuracy and MNIST-FID per epoch.
+"""Plot a run's metrics.csv (Lightning CSVLogger) into a PNG: losses, class accuracy and MNIST-FID per step.
 
 python scripts/plot_metrics.py <run dir or metrics.csv> [--out docs/training_curves.png]
 """
@@ -18,20 +18,20 @@ import matplotlib.pyplot as plt
 
 
 def read_metrics(paths: list[Path]) -> dict[str, dict[int, list[float]]]:
-    """metric -> epoch -> values logged in that epoch, over every version (a resumed run adds one)."""
-    per_epoch: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    """metric -> global step -> values logged there, over every version (a resumed run adds one)."""
+    per_step: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     rows = []
     for path in paths:
         with path.open() as fh:
             rows += list(csv.DictReader(fh))
     for row in rows:
-        if not row.get("epoch"):
+        if not row.get("step"):
             continue
-        epoch = int(float(row["epoch"]))
+        step = int(float(row["step"]))
         for key, value in row.items():
             if key not in ("epoch", "step") and value not in ("", None):
-                per_epoch[key][epoch].append(float(value))
-    return per_epoch
+                per_step[key][step].append(float(value))
+    return per_step
 
 
 def main() -> int:
@@ -57,15 +57,11 @@ def main() -> int:
     for ax, (title, keys) in zip(axes, panels, strict=True):
         for key in keys:
             if key in metrics:
-                epochs = sorted(metrics[key])
-                ax.plot(
-                    epochs,
-                    [sum(metrics[key][e]) / len(metrics[key][e]) for e in epochs],
-                    marker="o",
-                    label=key,
-                )
+                steps = sorted(metrics[key])
+                values = [sum(metrics[key][s]) / len(metrics[key][s]) for s in steps]
+                ax.plot(steps, values, marker="o" if len(steps) < 50 else None, label=key)
         ax.set_title(title)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("optimizer steps (G + D)")
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()

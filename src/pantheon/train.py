@@ -57,8 +57,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log.info(f"done in {time.perf_counter() - started:.0f} s at epoch {trainer.current_epoch}: {summary}")
     log.info(f"run directory: {output_dir}")
     log.info(
-        "train longer: add trainer.max_epochs=<N> (and hydra.run.dir=<this run directory> to resume from its "
-        "last.ckpt); full MNIST: data.data_dir=../shared/data/mnist"
+        f"train longer: rerun with trainer.max_epochs=<N> (or trainer.max_steps=<N>) hydra.run.dir={output_dir} "
+        "to resume from its last.ckpt; other data: data.data_dir=<folder> (README: Quickstart)"
     )
     return metrics
 
