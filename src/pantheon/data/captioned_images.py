@@ -23,7 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from pantheon.utils.errors import UserError
+from pantheon.utils.errors import UserError, require_choice
 from pantheon.utils.logging import RankedLogger
 from pantheon.utils.offline import huggingface_hub_reachable
 
@@ -253,8 +253,7 @@ class CaptionedImagesDataModule(L.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        if source not in ("auto", "imagefolder", "hub", "synthetic"):
-            raise UserError(f"data.source={source!r} is not one of auto|imagefolder|hub|synthetic")
+        require_choice("data.source", source, ("auto", "imagefolder", "hub", "synthetic"))
         if batch_size < 1 or resolution < 8:
             raise UserError(f"data.batch_size={batch_size} / data.resolution={resolution}: use >= 1 and >= 8")
         self.save_hyperparameters()

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset, random_split
 
-from pantheon.utils.errors import UserError
+from pantheon.utils.errors import UserError, require_choice
 from pantheon.utils.logging import RankedLogger
 from pantheon.utils.offline import host_reachable
 
@@ -79,8 +79,7 @@ class MNISTDataModule(L.LightningDataModule):
         seed: int = 42,
     ) -> None:
         super().__init__()
-        if source not in SOURCES:
-            raise UserError(f"data.source={source!r} is not one of {'|'.join(SOURCES)}")
+        require_choice("data.source", source, SOURCES)
         if batch_size < 1:
             raise UserError(f"data.batch_size must be >= 1, got {batch_size}")
         self.save_hyperparameters()

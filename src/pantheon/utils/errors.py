@@ -16,6 +16,12 @@ class UserError(Exception):
     """Bad input the user can fix: a path, a key, a value. The message names what is wrong and how to fix it."""
 
 
+def require_choice(key: str, value: object, choices) -> None:
+    """A config value that must be one of a few names: one line naming the key and the valid choices."""
+    if value not in choices:
+        raise UserError(f"{key}={value!r} is not one of {'|'.join(choices)}")
+
+
 def find_user_error(err: BaseException | None) -> UserError | None:
     """The UserError behind `err`: itself, or the cause a wrapper chained to it (hydra.utils.instantiate
     raises InstantiationException from the constructor's error)."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from pantheon.utils.errors import UserError
+from pantheon.utils.errors import UserError, require_choice
 from pantheon.utils.offline import huggingface_hub_reachable
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
@@ -63,10 +63,7 @@ def load_components(
     source = resolve_pretrained(name_or_path)
     scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler")
     if prediction_type is not None:
-        if prediction_type not in PREDICTION_TYPES:
-            raise UserError(
-                f"model.prediction_type={prediction_type!r} is not one of {'|'.join(PREDICTION_TYPES)}"
-            )
+        require_choice("model.prediction_type", prediction_type, PREDICTION_TYPES)
         scheduler.register_to_config(prediction_type=prediction_type)
     classes = {"unet": UNet2DConditionModel, "vae": AutoencoderKL, "text_encoder": CLIPTextModel,
                "tokenizer": CLIPTokenizer}  # fmt: skip

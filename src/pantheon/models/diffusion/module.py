@@ -27,7 +27,7 @@ from pantheon.models.diffusion.components import (
 from pantheon.models.diffusion.losses import denoising_loss, min_snr_weights, target_for
 from pantheon.models.diffusion.sampling import generate, inference_scheduler
 from pantheon.models.diffusion.tiny import ensure_tiny_pipeline
-from pantheon.utils.errors import UserError
+from pantheon.utils.errors import UserError, require_choice
 from pantheon.utils.logging import RankedLogger
 
 log = RankedLogger(__name__)
@@ -80,8 +80,7 @@ class DiffusionModule(L.LightningModule):
         validation_resolution: int | None = None,
     ) -> None:
         super().__init__()
-        if attention not in ATTENTION:
-            raise UserError(f"model.attention={attention!r} is not one of {'|'.join(ATTENTION)}")
+        require_choice("model.attention", attention, ATTENTION)
         if not 0.0 <= caption_dropout <= 1.0:
             raise UserError(f"model.caption_dropout={caption_dropout}: use a probability in [0, 1]")
         self.save_hyperparameters()

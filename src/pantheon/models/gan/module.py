@@ -11,7 +11,7 @@ from torchvision.utils import make_grid
 from pantheon.evaluation.mnist_classifier import EvaluatorFeatures, load_evaluator
 from pantheon.models.gan.losses import LOSSES
 from pantheon.models.gan.networks import ARCHITECTURES, build_networks
-from pantheon.utils.errors import UserError
+from pantheon.utils.errors import require_choice
 
 
 class ConditionalGAN(L.LightningModule):
@@ -30,10 +30,8 @@ class ConditionalGAN(L.LightningModule):
         evaluator_weights: str | None = None,
     ) -> None:
         super().__init__()
-        if arch not in ARCHITECTURES:
-            raise UserError(f"model.arch={arch!r} is not one of {'|'.join(ARCHITECTURES)}")
-        if loss not in LOSSES:
-            raise UserError(f"model.loss={loss!r} is not one of {'|'.join(LOSSES)}")
+        require_choice("model.arch", arch, ARCHITECTURES)
+        require_choice("model.loss", loss, LOSSES)
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.generator, self.discriminator = build_networks(arch, latent_dim, num_classes, width)
