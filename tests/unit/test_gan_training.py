@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pantheon.models.gan.losses import LOSSES
+from pantheon.models.gan.losses import LOSSES, mode_seeking
 from pantheon.models.gan.networks import build_networks
 from pantheon.train import train
 
@@ -37,12 +37,27 @@ def test_losses_on_known_logits() -> None:
     assert LOSSES["bce"].discriminator(real, fake).item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_mode_seeking_penalises_a_generator_that_ignores_its_noise() -> None:
+    noise = torch.stack([torch.zeros(8), torch.ones(8)])  # the pair's noise differs by 1 per dimension
+    same = torch.zeros(2, 1, 28, 28)
+    assert mode_seeking(same, noise, pairs=1).item() == pytest.approx(1e5), "identical digits: 1 / 1e-5"
+    apart = torch.stack([torch.zeros(1, 28, 28), torch.full((1, 28, 28), 0.5)])
+    assert mode_seeking(apart, noise, pairs=1).item() == pytest.approx(2.0, rel=1e-4), "1 / (0.5 / 1)"
+    assert mode_seeking(apart, noise, pairs=0).item() == 0.0, "a batch of one has no pair"
+
+
 @pytest.mark.parametrize("experiment", ["mnist_gan", "mnist_gan_mlp"])
 def test_experiment_trains_validates_and_saves(fast_cfg, experiment: str) -> None:
     cfg = fast_cfg(f"experiment={experiment}")
     metrics = train(cfg)
     run = Path(cfg.paths.output_dir)
-    assert {"val/class_acc", "val/fid_mnist", "train/d_loss", "train/g_loss"} <= metrics.keys()
+    assert {
+        "val/class_acc",
+        "val/fid_mnist",
+        "train/d_loss",
+        "train/g_loss",
+        "train/mode_seeking",
+    } <= metrics.keys()
     assert 0.0 <= metrics["val/class_acc"] <= 1.0
     assert metrics["val/fid_mnist"] > 0
     assert (run / "checkpoints" / "last.ckpt").is_file()

@@ -45,4 +45,17 @@ class Hinge:
         return -fake_logits.mean()
 
 
+def mode_seeking(fakes: torch.Tensor, noise: torch.Tensor, pairs: int) -> torch.Tensor:
+    """Mode-seeking term (Mao et al., 2019), added to G's loss: 1 / (image distance / noise distance).
+
+    Sample i of the first `pairs` and sample i of the last `pairs` share a label but not their noise. A
+    generator that ignores its noise (mode collapse: every 5 looks alike) makes the ratio small and this
+    term large."""
+    if pairs == 0:
+        return fakes.new_zeros(())
+    image_distance = (fakes[:pairs] - fakes[-pairs:]).abs().flatten(1).mean(1)
+    noise_distance = (noise[:pairs] - noise[-pairs:]).abs().mean(1)
+    return 1.0 / ((image_distance / noise_distance).mean() + 1e-5)
+
+
 LOSSES: dict[str, GANLoss] = {"bce": NonSaturatingBCE(), "lsgan": LeastSquares(), "hinge": Hinge()}

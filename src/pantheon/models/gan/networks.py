@@ -1,7 +1,7 @@
 """Conditional generator G(noise, label) and discriminator D(image, label) for 28x28 digits.
 
-Both condition on the label through a learned embedding: G concatenates it to the noise, D to its
-features (mlp) or as an extra image channel (dcgan). Images are [N, 1, 28, 28] in [-1, 1].
+Both condition on the label through a learned embedding: G concatenates it to the noise; D concatenates it
+to the flattened image (mlp) or projects its conv features onto it (dcgan). Images are [N, 1, 28, 28] in [-1, 1].
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import itertools
 
 import torch
 from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+from torch.nn.utils.parametrize import is_parametrized
 
 IMAGE_SHAPE = (1, 28, 28)
 IMAGE_PIXELS = 28 * 28
@@ -81,24 +83,30 @@ class DCGANGenerator(nn.Module):
 
 
 class DCGANDiscriminator(nn.Module):
-    """[image, label as a 28x28 channel] -> w x14x14 -> (2w)x7x7 -> 1 logit (w = width)."""
+    """image -> w x14x14 -> (2w)x7x7 features h; logit = linear(h) + <embed(label), h> (w = width).
+
+    The label enters by projection (Miyato & Koyama, 2018): D scores how well the image's features match the
+    label's embedding. Spectral norm on every layer keeps D 1-Lipschitz, so no BatchNorm is needed. Against
+    the earlier "label as an extra input channel" design this reached the class-accuracy target several times
+    sooner on full MNIST (scripts/bench_gan.py)."""
 
     def __init__(self, num_classes: int = 10, width: int = 32) -> None:
         super().__init__()
-        self.label_embedding = nn.Embedding(num_classes, IMAGE_PIXELS)
+        feature_dim = 2 * width * 7 * 7
         self.features = nn.Sequential(
-            nn.Conv2d(2, width, 4, stride=2, padding=1),
+            spectral_norm(nn.Conv2d(1, width, 4, stride=2, padding=1)),
             nn.LeakyReLU(0.2, True),
-            nn.Conv2d(width, 2 * width, 4, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(2 * width),
+            spectral_norm(nn.Conv2d(width, 2 * width, 4, stride=2, padding=1)),
             nn.LeakyReLU(0.2, True),
+            nn.Flatten(),
         )
-        self.classify = nn.Linear(2 * width * 7 * 7, 1)
+        self.classify = spectral_norm(nn.Linear(feature_dim, 1))
+        self.label_embedding = spectral_norm(nn.Embedding(num_classes, feature_dim))
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        label_plane = self.label_embedding(labels).view(-1, *IMAGE_SHAPE)
-        x = self.features(torch.cat([images, label_plane], dim=1))
-        return self.classify(x.flatten(1)).squeeze(1)
+        features = self.features(images)
+        projection = (self.label_embedding(labels) * features).sum(1)
+        return self.classify(features).squeeze(1) + projection
 
 
 ARCHITECTURES = {"mlp": (MLPGenerator, MLPDiscriminator), "dcgan": (DCGANGenerator, DCGANDiscriminator)}
@@ -107,8 +115,9 @@ ARCHITECTURES = {"mlp": (MLPGenerator, MLPDiscriminator), "dcgan": (DCGANGenerat
 def build_networks(
     arch: str, latent_dim: int, num_classes: int, width: int | None = None
 ) -> tuple[nn.Module, nn.Module]:
-    """The (generator, discriminator) pair for `arch`, initialised as in DCGAN (N(0, 0.02)).
-    `width` scales both nets (dcgan: channels of the 14x14 layer; mlp: the first hidden layer)."""
+    """The (generator, discriminator) pair for `arch`, initialised as in DCGAN (N(0, 0.02)) except
+    spectral-normed layers, whose scale the norm sets anyway. `width` scales both nets (dcgan: channels of
+    the 14x14 layer; mlp: the first hidden layer)."""
     generator_cls, discriminator_cls = ARCHITECTURES[arch]
     sizes = {} if width is None else {"width": width}
     generator, discriminator = (
@@ -116,7 +125,7 @@ def build_networks(
         discriminator_cls(num_classes, **sizes),
     )
     for module in (*generator.modules(), *discriminator.modules()):
-        if isinstance(module, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
+        if isinstance(module, nn.Conv2d | nn.ConvTranspose2d | nn.Linear) and not is_parametrized(module):
             nn.init.normal_(module.weight, 0.0, 0.02)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
