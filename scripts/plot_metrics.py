@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 
 
 def read_metrics(paths: list[Path]) -> dict[str, dict[int, list[float]]]:
-    """metric -> global step -> values logged there, over every version (a resumed run adds one)."""
+    """metric -> logger step (batches) -> values logged there, over every version (a resumed run adds one)."""
     per_step: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     rows = []
     for path in paths:
@@ -61,7 +61,7 @@ def main() -> int:
                 values = [sum(metrics[key][s]) / len(metrics[key][s]) for s in steps]
                 ax.plot(steps, values, marker="o" if len(steps) < 50 else None, label=key)
         ax.set_title(title)
-        ax.set_xlabel("optimizer steps (G + D)")
+        ax.set_xlabel("training batches (Lightning's logger step)")
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
