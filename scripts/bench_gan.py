@@ -29,17 +29,27 @@ from pantheon.models.gan.networks import build_networks
 ROOT = Path(__file__).resolve().parents[1]
 
 
-# The mnist_gan experiment's recipe (configs/experiment/mnist_gan.yaml), used by both throughput runs.
-RECIPE = {"loss": "hinge", "lr": 4e-4, "betas": (0.0, 0.9), "mode_seeking_weight": 0.1}
+def mnist_gan_recipe() -> dict:
+    """The mnist_gan experiment's loss and optimizer settings, read from its config (what `make train` trains)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        model = compose("train", overrides=["experiment=mnist_gan"]).model
+    return {
+        "loss": model.loss,
+        "lr": model.lr,
+        "betas": tuple(model.betas),
+        "mode_seeking_weight": model.mode_seeking_weight,
+    }
 
 
-def plain_pytorch_steps_per_s(loader, arch: str, steps: int, warmup: int) -> float:
+def plain_pytorch_steps_per_s(loader, arch: str, recipe: dict, steps: int, warmup: int) -> float:
     """The baseline: the same D-then-G step (label pairing, mode seeking) written as a bare loop."""
     torch.manual_seed(0)
     generator, discriminator = build_networks(arch, 100, 10)
-    loss = LOSSES[RECIPE["loss"]]
-    opt_g = torch.optim.Adam(generator.parameters(), lr=RECIPE["lr"], betas=RECIPE["betas"])
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=RECIPE["lr"], betas=RECIPE["betas"])
+    loss = LOSSES[recipe["loss"]]
+    opt_g = torch.optim.Adam(generator.parameters(), lr=recipe["lr"], betas=recipe["betas"])
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=recipe["lr"], betas=recipe["betas"])
     batches = iter(loader)
     for i in range(warmup + steps):
         if i == warmup:
@@ -54,7 +64,7 @@ def plain_pytorch_steps_per_s(loader, arch: str, steps: int, warmup: int) -> flo
         d_loss.backward()
         opt_d.step()
         g_loss = loss.generator(discriminator(fake, fake_labels))
-        g_loss = g_loss + RECIPE["mode_seeking_weight"] * mode_seeking(fake, noise, pairs)
+        g_loss = g_loss + recipe["mode_seeking_weight"] * mode_seeking(fake, noise, pairs)
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()
@@ -77,7 +87,7 @@ class StepTimer(L.Callback):
             self.elapsed = time.perf_counter() - self.start
 
 
-def lightning_steps_per_s(datamodule, arch: str, steps: int, warmup: int) -> float:
+def lightning_steps_per_s(datamodule, arch: str, recipe: dict, steps: int, warmup: int) -> float:
     torch.manual_seed(0)
     timer = StepTimer(warmup)
     trainer = L.Trainer(
@@ -91,7 +101,7 @@ def lightning_steps_per_s(datamodule, arch: str, steps: int, warmup: int) -> flo
         enable_model_summary=False,
         callbacks=[timer],
     )
-    trainer.fit(ConditionalGAN(arch=arch, **RECIPE), datamodule=datamodule)
+    trainer.fit(ConditionalGAN(arch=arch, **recipe), datamodule=datamodule)
     return timer.timed / timer.elapsed
 
 
@@ -192,15 +202,15 @@ def main() -> int:
 
 def print_throughput(datamodule: MNISTDataModule, args: argparse.Namespace) -> None:
     """Alternating rounds (plain, Lightning, ...), best of each: both sides get the same number of tries."""
+    recipe = mnist_gan_recipe()
     plain, ours = [], []
     for _ in range(args.rounds):
-        plain.append(
-            plain_pytorch_steps_per_s(datamodule.train_dataloader(), args.arch, args.steps, args.warmup)
-        )
-        ours.append(lightning_steps_per_s(datamodule, args.arch, args.steps, args.warmup))
-    runs = lambda rates: ", ".join(f"{r:.2f}" for r in rates)  # noqa: E731
-    print(f"plain PyTorch loop : {max(plain):7.2f} batches/s (runs: {runs(plain)})")
-    print(f"Lightning module   : {max(ours):7.2f} batches/s (runs: {runs(ours)})")
+        loader = datamodule.train_dataloader()
+        plain.append(plain_pytorch_steps_per_s(loader, args.arch, recipe, args.steps, args.warmup))
+        ours.append(lightning_steps_per_s(datamodule, args.arch, recipe, args.steps, args.warmup))
+    print(f"recipe             : {recipe}")
+    print(f"plain PyTorch loop : {max(plain):7.2f} batches/s (runs: {', '.join(f'{r:.2f}' for r in plain)})")
+    print(f"Lightning module   : {max(ours):7.2f} batches/s (runs: {', '.join(f'{r:.2f}' for r in ours)})")
     print(f"ratio (best/best)  : {max(ours) / max(plain):7.3f}  (target >= 0.95)")
     print(f"ratio (mean/mean)  : {sum(ours) / sum(plain):7.3f}")
 

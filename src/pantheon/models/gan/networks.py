@@ -86,9 +86,9 @@ class DCGANDiscriminator(nn.Module):
     """image -> w x14x14 -> (2w)x7x7 features h; logit = linear(h) + <embed(label), h> (w = width).
 
     The label enters by projection (Miyato & Koyama, 2018): D scores how well the image's features match the
-    label's embedding. Spectral norm on every layer keeps D 1-Lipschitz, so no BatchNorm is needed. Against
-    the earlier "label as an extra input channel" design this reached the class-accuracy target several times
-    sooner on full MNIST (scripts/bench_gan.py)."""
+    label's embedding. Spectral norm on every layer keeps D 1-Lipschitz, so no BatchNorm is needed. It
+    replaced a "label as an extra input channel" D that stayed at 0.70 class accuracy after 10 CPU minutes on
+    full MNIST; the mnist_gan recipe with this D reaches 0.98 (README, Performance)."""
 
     def __init__(self, num_classes: int = 10, width: int = 32) -> None:
         super().__init__()
