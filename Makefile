@@ -80,7 +80,7 @@ slurm-up: ## Start the local two-node SLURM cluster (installs slurm-wlm and mung
 slurm-down: ## Stop the local SLURM cluster
 	bash slurm/slurm-down.sh
 
-submit: $(STAMP) ## Submit an experiment with the submitit launcher (ARGS="experiment=... cluster=local ...")
+submit: $(STAMP) ## Submit an experiment with the submitit launcher (ARGS="experiment=... slurm=local ...")
 	$(PY) -m pantheon.train -m hydra/launcher=submitit_slurm $(ARGS)
 
 SBATCH_OPTS ?=

@@ -227,7 +227,7 @@ def test_preempted_job_requeues_and_resumes_exactly(uninterrupted_gan, tmp_path:
 def test_submitit_sweep_runs_as_a_job_array(tmp_path: Path, job_name: str) -> None:
     sweep = tmp_path / "sweep"
     command = [
-        sys.executable, "-m", "pantheon.train", "-m", "hydra/launcher=submitit_slurm", "cluster=local",
+        sys.executable, "-m", "pantheon.train", "-m", "hydra/launcher=submitit_slurm", "slurm=local",
         "experiment=mnist_gan", "trainer=cpu", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
         "+trainer.limit_val_batches=0", "+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false",
         "trainer.log_every_n_steps=1", "logger=csv", "callbacks=none", "data.batch_size=16", "+optimized_metric=train/g_loss",
@@ -261,7 +261,7 @@ def test_submitit_job_preempted_resumes_in_its_sweep_dir(tmp_path: Path, job_nam
     resumes there, and the waiting multirun gets its result."""
     sweep, marker = tmp_path / "sweep", tmp_path / "held"
     command = [
-        sys.executable, "-m", "pantheon.train", "-m", "hydra/launcher=submitit_slurm", "cluster=local",
+        sys.executable, "-m", "pantheon.train", "-m", "hydra/launcher=submitit_slurm", "slurm=local",
         *[a for a in GAN_ARGS if not a.startswith(("trainer=", "trainer.num_nodes", "trainer.devices"))],
         "trainer=cpu", f"hydra.sweep.dir={sweep}", f"hydra.launcher.name={job_name}",
         "+callbacks.hold._target_=tests.integration.callbacks.HoldAtStep", f"+callbacks.hold.step={PREEMPT_AT_STEP}",
@@ -323,8 +323,8 @@ def test_mismatched_allocation_is_refused_before_submission(tmp_path: Path, job_
     """A 2-point sweep whose second point wants 2 devices while the allocation gives 1 task per node: the whole
     sweep is refused, in one line, before submitit submits anything (not even the valid first point)."""
     command = [
-        sys.executable, "-m", "pantheon.train", "-m", "hydra/launcher=submitit_slurm", "cluster=local",
-        "experiment=mnist_gan", "trainer=ddp_cpu", "trainer.num_nodes=2", "cluster.tasks_per_node=1",
+        sys.executable, "-m", "pantheon.train", "-m", "hydra/launcher=submitit_slurm", "slurm=local",
+        "experiment=mnist_gan", "trainer=ddp_cpu", "trainer.num_nodes=2", "slurm.tasks_per_node=1",
         "trainer.devices=1,2", f"hydra.sweep.dir={tmp_path / 'sweep'}", f"hydra.launcher.name={job_name}-refused",
     ]  # fmt: skip
     result = sh(command, timeout=120, cwd=ROOT, env=job_env())
@@ -332,7 +332,7 @@ def test_mismatched_allocation_is_refused_before_submission(tmp_path: Path, job_
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors == [
         "error: SLURM would start 1 task(s) per node but trainer.devices=2: one task per device, so set "
-        "cluster.tasks_per_node=2 (or trainer.devices=1)"
+        "slurm.tasks_per_node=2 (or trainer.devices=1)"
     ]
     assert "Traceback" not in result.stderr
     queued = sh(["squeue", "-h", "--name", f"{job_name}-refused"], timeout=10)

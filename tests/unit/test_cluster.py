@@ -246,7 +246,7 @@ def test_in_job_layout_check(no_slurm) -> None:
 def test_submitit_slurm_reads_the_cluster_preset() -> None:
     cfg = compose(
         "hydra/launcher=submitit_slurm",
-        "cluster=local",
+        "slurm=local",
         "trainer=ddp_cpu",
         "trainer.num_nodes=2",
         "trainer.devices=1",
@@ -262,7 +262,7 @@ def test_submitit_slurm_reads_the_cluster_preset() -> None:
 def test_cluster_presets_and_overrides() -> None:
     cfg = compose(
         "hydra/launcher=submitit_slurm",
-        "cluster=example_gpu",
+        "slurm=example_gpu",
         "trainer=ddp",
         "trainer.devices=8",
         "trainer.num_nodes=4",
@@ -274,7 +274,7 @@ def test_cluster_presets_and_overrides() -> None:
         8,
         4,
     )
-    cfg = compose("hydra/launcher=submitit_slurm", "cluster.tasks_per_node=2", "trainer.devices=1")
+    cfg = compose("hydra/launcher=submitit_slurm", "slurm.tasks_per_node=2", "trainer.devices=1")
     assert cfg.hydra.launcher.tasks_per_node == 2  # the pre-submit check then refuses it
 
 

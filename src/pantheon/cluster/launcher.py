@@ -1,12 +1,12 @@
 """hydra-submitit-launcher's launchers with what pantheon needs before anything is queued.
 
-`python -m pantheon.train -m hydra/launcher=submitit_slurm cluster=local experiment=... [sweep]` turns every
+`python -m pantheon.train -m hydra/launcher=submitit_slurm slurm=local experiment=... [sweep]` turns every
 job of the sweep into one task of a SLURM job array. Before submitit sees any of them, in this (the
 submitting) process, each job's own config is composed and checked (pantheon.cluster.preflight): the
 allocation must match the trainer, the config must pass the same checks a run does, and the batch sizes
 are printed. A failed check is one line on stderr, exit code 2, and nothing in squeue.
 
-Launch also adds what the plugin's 1.2.0 release lacks: a container around the tasks (cluster.container:
+Launch also adds what the plugin's 1.2.0 release lacks: a container around the tasks (slurm.container:
 Apptainer/Singularity `exec --nv` as the python command, pyxis `--container-image` as srun arguments).
 """
 
@@ -51,7 +51,7 @@ def container_command(container: DictConfig | dict | None, workdir: str) -> tupl
             f"--container-mounts={workdir}:{workdir}",
             f"--container-workdir={workdir}",
         ]
-    raise UserError(f"cluster.container.runtime={runtime!r} is not one of {'|'.join(CONTAINER_RUNTIMES)}")
+    raise UserError(f"slurm.container.runtime={runtime!r} is not one of {'|'.join(CONTAINER_RUNTIMES)}")
 
 
 class _CheckedLauncher(submitit_launcher.BaseSubmititLauncher):
@@ -91,10 +91,10 @@ class _CheckedLauncher(submitit_launcher.BaseSubmititLauncher):
         init: dict[str, Any] = {"folder": params.pop("submitit_folder")}
         if "max_num_timeout" in params:
             init[f"{self._EXECUTOR}_max_num_timeout"] = params.pop("max_num_timeout")
-        setup = OmegaConf.select(self.config, "cluster.setup", default=None)
+        setup = OmegaConf.select(self.config, "slurm.setup", default=None)
         if setup:
             params["setup"] = [*setup, *(params.get("setup") or [])]
-        container = OmegaConf.select(self.config, "cluster.container", default=None)
+        container = OmegaConf.select(self.config, "slurm.container", default=None)
         python, srun_args = container_command(container, os.getcwd())
         if python:
             init[f"{self._EXECUTOR}_python"] = python

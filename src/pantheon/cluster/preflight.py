@@ -92,12 +92,12 @@ def check_slurm_allocation(cfg: DictConfig, nodes: int, tasks_per_node: int) -> 
     if tasks_per_node != devices:
         raise UserError(
             f"SLURM would start {tasks_per_node} task(s) per node but trainer.devices={devices}: one task per "
-            f"device, so set cluster.tasks_per_node={devices} (or trainer.devices={tasks_per_node})"
+            f"device, so set slurm.tasks_per_node={devices} (or trainer.devices={tasks_per_node})"
         )
     if nodes != num_nodes(cfg):
         raise UserError(
             f"SLURM would allocate {nodes} node(s) but trainer.num_nodes={num_nodes(cfg)}: set "
-            f"cluster.nodes={num_nodes(cfg)} (or trainer.num_nodes={nodes})"
+            f"slurm.nodes={num_nodes(cfg)} (or trainer.num_nodes={nodes})"
         )
 
 
