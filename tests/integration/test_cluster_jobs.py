@@ -14,25 +14,32 @@ progress bar, no validation): the time goes into Python start-up on two shared c
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
-import shutil
 import subprocess
 import sys
-import time
-import uuid
 from pathlib import Path
 
 import pytest
 import torch
 from hydra.core.utils import JobStatus
 
-pytestmark = pytest.mark.integration
+from tests.integration.slurm_helpers import (
+    JOB_TIMEOUT_S,
+    ROOT,
+    assert_same_weights,
+    dump_weights,
+    job_env,
+    job_state,
+    load_weights,
+    sbatch,
+    sh,
+    wait_for,
+    wait_until_finished,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-UP_HINT = "start it with `make slurm-up` (slurm/slurm-up.sh)"
-JOB_TIMEOUT_S = 300
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("slurm_cluster")]
+
 # The GAN run of tests 1 and 3: 2 epochs of 4 batches (2 optimizer steps each: global step 16).
 GAN_ARGS = [
     "experiment=mnist_gan",
@@ -54,101 +61,6 @@ FINAL_STEP = 16
 PREEMPT_AT_STEP = 6  # mid-epoch 0: 3 of its 4 batches done
 
 
-def sh(args: list[str], timeout: int = 30, **kwargs) -> subprocess.CompletedProcess:
-    """args under coreutils `timeout` (which also kills a hung srun/sbatch), never raising on exit code."""
-    return subprocess.run(
-        ["timeout", "-k", "5", str(timeout), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout + 15,
-        **kwargs,
-    )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cluster_up():
-    if shutil.which("sinfo") is None:
-        pytest.skip(f"SLURM client tools not installed (no sinfo on PATH); {UP_HINT}")
-    probe = sh(["sinfo", "-h", "-o", "%T"], timeout=5)
-    if probe.returncode != 0 or not probe.stdout.strip():
-        reason = (
-            "timed out" if probe.returncode == 124 else (probe.stderr.strip() or f"exit {probe.returncode}")
-        )
-        pytest.skip(f"SLURM cluster not up (`sinfo`: {reason}); {UP_HINT}")
-    states = set(probe.stdout.split())
-    if not states & {"idle", "mixed", "allocated", "completing"}:
-        pytest.skip(f"no usable SLURM node (states: {', '.join(sorted(states))}); {UP_HINT}")
-
-
-@pytest.fixture(scope="module")
-def job_name():
-    """One unique job name for this module's jobs; whatever is left of them is cancelled at the end."""
-    name = f"pantheon-it-{uuid.uuid4().hex[:8]}"
-    yield name
-    sh(["scancel", "--name", name], timeout=10)
-
-
-def job_env() -> dict[str, str]:
-    return {**os.environ, "WANDB_MODE": "offline", "PANTHEON_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-
-
-def sbatch(
-    tmp: Path,
-    name: str,
-    args: list[str],
-    wait: bool = True,
-    script: str = "multi_node",
-    options: tuple = ("--nodes=2",),
-) -> tuple[str, Path]:
-    """Submit slurm/<script>.sbatch from the repository root; returns (job id, its output file)."""
-    out = tmp / f"{name}-%j.out"
-    command = ["sbatch", "--parsable", f"--job-name={name}", "--time=10", f"--output={out}", *options]
-    command += ["--wait"] if wait else []
-    result = sh([*command, f"slurm/{script}.sbatch", *args], timeout=JOB_TIMEOUT_S, cwd=ROOT, env=job_env())
-    job = result.stdout.strip().split(";")[0]
-    log = Path(str(out).replace("%j", job)) if job else out
-    text = log.read_text() if log.is_file() else "(no output file)"
-    assert job, f"sbatch failed (rc {result.returncode}): {result.stderr.strip()}"
-    if wait:
-        assert result.returncode == 0, (
-            f"job {job} failed (rc {result.returncode}); its output:\n{text[-4000:]}"
-        )
-    return job, log
-
-
-def job_state(job: str) -> tuple[str, int]:
-    """(state, restarts) from scontrol (works without accounting too)."""
-    text = sh(["scontrol", "show", "job", job], timeout=10).stdout
-    state = re.search(r"JobState=(\S+)", text)
-    restarts = re.search(r"Restarts=(\d+)", text)
-    return (state.group(1) if state else "UNKNOWN"), int(restarts.group(1)) if restarts else 0
-
-
-def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 1.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll_s)
-    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
-
-
-def load_weights(dirpath: Path) -> list[dict]:
-    return [torch.load(dirpath / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
-
-
-def assert_same_weights(a: dict, b: dict, what: str, parameters_only: bool = False) -> None:
-    """Bit-identical tensors. DDP keeps parameters identical across ranks, not buffers: BatchNorm running
-    statistics follow each rank's own batches (unless trainer.sync_batchnorm=true), so comparing ranks with
-    each other uses parameters_only."""
-    assert a["state_dict"].keys() == b["state_dict"].keys()
-    names = a["parameters"] if parameters_only else list(a["state_dict"])
-    assert names, f"{what}: nothing to compare"
-    different = [k for k in names if not torch.equal(a["state_dict"][k], b["state_dict"][k])]
-    assert not different, f"{what}: {len(different)} of {len(names)} tensors differ, e.g. {different[:3]}"
-
-
 @pytest.fixture(scope="module")
 def uninterrupted_gan(tmp_path_factory, job_name) -> dict:
     """Test 1's run, also test 3's reference: sbatch 2 nodes x 1 task DDP GAN, weights dumped by every rank."""
@@ -156,13 +68,6 @@ def uninterrupted_gan(tmp_path_factory, job_name) -> dict:
     args = [*GAN_ARGS, f"paths.log_dir={tmp}/logs", *dump_weights(tmp / "weights")]
     job, log = sbatch(tmp, job_name, args)
     return {"job": job, "log": log, "tmp": tmp, "weights": load_weights(tmp / "weights")}
-
-
-def dump_weights(dirpath: Path) -> list[str]:
-    return [
-        "+callbacks.dump._target_=tests.integration.callbacks.DumpWeights",
-        f"+callbacks.dump.dirpath={dirpath}",
-    ]
 
 
 def test_sbatch_two_node_ddp_gan_ranks_agree(uninterrupted_gan) -> None:
@@ -192,11 +97,7 @@ def test_preempted_job_requeues_and_resumes_exactly(uninterrupted_gan, tmp_path:
     # What SLURM does at --signal=USR1@<s> before the time limit, or an admin's preemption warning.
     signalled = sh(["scancel", "--signal=USR1", job], timeout=10)
     assert signalled.returncode == 0, signalled.stderr
-    state, restarts = wait_for(
-        lambda: (s := job_state(job))[0] in {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"} and s,
-        JOB_TIMEOUT_S,
-        f"requeued job {job} to finish",
-    )
+    state, restarts = wait_until_finished(job)
     text = log.read_text()
     assert state == "COMPLETED", f"job {job} ended {state}; output:\n{text[-4000:]}"
     assert restarts == 1, f"expected one requeue, scontrol says Restarts={restarts}"

@@ -6,56 +6,14 @@ call runs under `timeout`: srun and sbatch wait forever when the nodes are down.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.integration
+from tests.integration.slurm_helpers import NODES, USABLE_STATES, node_states, sh
 
-NODES = ["n1", "n2"]
-# A node other people's jobs are using is still a healthy node.
-USABLE_STATES = {"idle", "mixed", "allocated", "completing"}
-UP_HINT = "start it with slurm/slurm-up.sh"
-
-
-def sh(args: list[str], timeout: int = 30) -> subprocess.CompletedProcess:
-    """Run args under coreutils `timeout` (which also kills a hung srun), never raising on exit code."""
-    return subprocess.run(
-        ["timeout", "-k", "5", str(timeout), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout + 15,
-    )
-
-
-def node_states() -> dict[str, str]:
-    out = sh(["sinfo", "-h", "-N", "-o", "%N %T"], timeout=5).stdout
-    return dict(line.split()[:2] for line in out.splitlines() if len(line.split()) >= 2)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cluster_up():
-    if shutil.which("sinfo") is None:
-        pytest.skip(f"SLURM client tools not installed (no sinfo on PATH); {UP_HINT}")
-    probe = sh(["sinfo", "-h"], timeout=5)
-    if probe.returncode != 0 or not probe.stdout.strip():
-        if probe.returncode == 124:
-            reason = "timed out, slurmctld does not answer"
-        else:
-            reason = (probe.stderr.strip().splitlines() or [f"exit code {probe.returncode}"])[-1]
-        pytest.skip(f"SLURM cluster not up (`timeout 5 sinfo -h`: {reason}); {UP_HINT}")
-
-
-@pytest.fixture
-def job_name():
-    """A unique job name; whatever is still queued under it is cancelled afterwards (e.g. after a timeout)."""
-    name = f"pantheon-test-{uuid.uuid4().hex[:8]}"
-    yield name
-    sh(["scancel", "--name", name], timeout=10)
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("slurm_cluster")]
 
 
 def accounting_enabled() -> bool:
