@@ -67,7 +67,7 @@ def sample_digits(cfg: SampleConfig) -> torch.Tensor:
 
     if cfg.digit is None or not 0 <= cfg.digit <= 9:
         raise UserError(f"digit={cfg.digit} is not a digit: pass digit=0 ... digit=9")
-    module = load_module(cfg.ckpt).to(pick_device(cfg.device))
+    module = load_module(cfg.ckpt, kind="gan").to(pick_device(cfg.device))
     torch.manual_seed(cfg.seed)
     return module.generate(torch.full((cfg.n,), cfg.digit, dtype=torch.long))
 

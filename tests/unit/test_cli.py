@@ -56,6 +56,26 @@ def test_sample_missing_and_corrupt_checkpoints(tmp_path: Path, capsys, gan_chec
         assert message in capsys.readouterr().err
 
 
+def test_checkpoints_record_their_class_and_unrecorded_ones_are_refused(
+    gan_checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    checkpoint = torch.load(gan_checkpoint, weights_only=False)
+    assert checkpoint["pantheon"] == {
+        "class_path": "pantheon.models.gan.module.ConditionalGAN",
+        "kind": "gan",
+    }
+    del checkpoint["pantheon"]
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save(checkpoint, foreign)
+    with pytest.raises(SystemExit) as exit_info:
+        sample.main([f"ckpt={foreign}", "digit=3"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"error: checkpoint {foreign} records no pantheon model class: it was not written by pantheon.train"
+    ]
+
+
 def test_export_torchscript_and_onnx_match_eager(gan_checkpoint: Path, tmp_path: Path) -> None:
     from pantheon.models.checkpoints import load_module
     from pantheon.models.gan.export import DeployedGenerator

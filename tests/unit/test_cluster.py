@@ -158,6 +158,15 @@ def test_gan_with_deepspeed_is_refused_in_one_line(tmp_path: Path) -> None:
     assert "single optimizer" in message and "trainer=ddp" in message and "trainer=ddp_cpu" in message
 
 
+def test_gan_with_fsdp_is_refused_in_one_line() -> None:
+    cfg = compose("experiment=mnist_gan", "trainer=ddp_cpu")
+    cfg.trainer.strategy._target_ = "lightning.pytorch.strategies.FSDPStrategy"
+    with pytest.raises(UserError) as excinfo:
+        check_config(cfg)
+    message = one_line_error(excinfo)
+    assert "FSDPStrategy cannot train ConditionalGAN" in message and "trainer=ddp_cpu" in message
+
+
 @pytest.mark.parametrize(
     "preset",
     ["deepspeed_stage_2", "deepspeed_stage_3", "deepspeed_stage_2_offload", "deepspeed_stage_3_offload"],

@@ -106,6 +106,20 @@ def test_exported_pipeline_loads_with_stock_diffusers_and_the_sample_cli(trained
     assert (array == again).all(), "same seed, same images"
 
 
+def test_a_diffusion_checkpoint_given_to_gan_sampling_is_one_line(
+    trained_run, tmp_path: Path, capsys
+) -> None:
+    run, _ = trained_run
+    ckpt = run / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, weights_only=False)["pantheon"]["kind"] == "diffusion"
+    with pytest.raises(SystemExit) as exit_info:
+        sample.main([f"ckpt={ckpt}", "digit=5", f"out={tmp_path / 'x.png'}"])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: ") and "holds a diffusion model (DiffusionModule)" in line
+    assert "pipeline=<run>/pipeline" in line
+
+
 def test_sample_cli_bad_pipeline_and_size(trained_run, tmp_path: Path, capsys) -> None:
     run, _ = trained_run
     for args, message in [

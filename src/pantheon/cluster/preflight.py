@@ -1,7 +1,7 @@
 """Checks that a run fits where it will run, made before anything is built or submitted.
 
 Three moments, one rule each: a job that cannot work fails here, in one line the user can act on.
-- when the config is checked (every run): strategies the model cannot use (GAN + DeepSpeed);
+- when the config is checked (every run): strategies the model declares it cannot use (GAN + DeepSpeed/FSDP);
 - in the submitting process, per job of a sweep, before submitit queues anything: the SLURM allocation
   (nodes, tasks per node) equals the processes Lightning expects (num_nodes, devices);
 - inside a SLURM job, before any model is built: the srun step that started us has that layout too
@@ -10,17 +10,12 @@ Three moments, one rule each: a job that cannot work fails here, in one line the
 
 from __future__ import annotations
 
+from hydra.utils import get_class
 from omegaconf import DictConfig
 
 from pantheon.cluster.environment import in_slurm_job, srun_layout
+from pantheon.models.protocol import GenerativeModule, strategy_family
 from pantheon.utils.errors import UserError
-
-# Models that step several optimizers per batch (manual optimization): Lightning's DeepSpeed strategy
-# accepts one optimizer ("DeepSpeed currently only supports single optimizer, single optional scheduler").
-MULTI_OPTIMIZER_MODELS = {
-    "pantheon.models.gan.module.ConditionalGAN": "the GAN trains G and D with two optimizers"
-}
-SINGLE_OPTIMIZER_ALTERNATIVES = "trainer=ddp (GPUs) or trainer=ddp_cpu (CPU, gloo)"
 
 
 def strategy_name(cfg: DictConfig) -> str:
@@ -34,17 +29,21 @@ def strategy_name(cfg: DictConfig) -> str:
 
 
 def uses_deepspeed(cfg: DictConfig) -> bool:
-    return "deepspeed" in strategy_name(cfg).lower()
+    return strategy_family(strategy_name(cfg)) == "deepspeed"
 
 
 def reject_unsupported_strategy(cfg: DictConfig) -> None:
-    """A model with several optimizers cannot run under DeepSpeed: refuse before anything is built."""
-    target = str(cfg.get("model", {}).get("_target_", ""))
-    if target in MULTI_OPTIMIZER_MODELS and uses_deepspeed(cfg):
-        raise UserError(
-            f"{strategy_name(cfg)} accepts a single optimizer but {MULTI_OPTIMIZER_MODELS[target]}: "
-            f"use {SINGLE_OPTIMIZER_ALTERNATIVES}"
-        )
+    """Ask the configured model class (its GenerativeModule declaration) whether it trains under this strategy,
+    before anything is built."""
+    target = cfg.get("model", {}).get("_target_")
+    if not target:
+        return
+    try:
+        cls = get_class(str(target))
+    except Exception as err:
+        raise UserError(f"model._target_={target} cannot be imported ({type(err).__name__}: {err})") from err
+    if isinstance(cls, type) and issubclass(cls, GenerativeModule):
+        cls.check_strategy(strategy_name(cfg))
 
 
 def devices_per_node(cfg: DictConfig) -> int:

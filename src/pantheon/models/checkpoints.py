@@ -1,38 +1,62 @@
-"""Open a training checkpoint as its LightningModule, whichever model kind wrote it."""
+"""Open a training checkpoint as the LightningModule that wrote it: the class path is recorded, not guessed."""
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
+from typing import Any
 
-import lightning as L
 import torch
+from hydra.utils import get_class
 
+from pantheon.models.protocol import CHECKPOINT_KEY, GenerativeModule
 from pantheon.utils.errors import UserError
 
-# State-dict prefix -> LightningModule class that owns it (imported lazily: diffusers is heavy).
-MODEL_KINDS = {
-    "generator.": "pantheon.models.gan.module:ConditionalGAN",
-    "unet.": "pantheon.models.diffusion.module:DiffusionModule",
+# What each entry point tells a user who handed it the other kind of model.
+KIND_HINTS = {
+    "gan": "a GAN checkpoint (experiment=mnist_gan*, <run>/checkpoints/*.ckpt)",
+    "diffusion": "a diffusion checkpoint (experiment=flowers_sd*); for sampling pass pipeline=<run>/pipeline",
 }
 
 
-def load_module(ckpt: str | Path, map_location: str = "cpu") -> L.LightningModule:
-    """The module a pantheon checkpoint holds, in eval mode. Missing, corrupt or foreign files: UserError."""
-    path = Path(ckpt)
+def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, Any]:
+    """The checkpoint dict at `path`; missing, corrupt or foreign files are a UserError naming the file."""
+    path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist: pass ckpt=<run dir>/checkpoints/last.ckpt")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=False)
-        keys = checkpoint["state_dict"].keys()
+        checkpoint["state_dict"]
     except Exception as err:  # truncated zip, pickle garbage, not a dict: all mean "not a checkpoint"
         raise UserError(
             f"checkpoint {path} is corrupt or not a Lightning checkpoint ({type(err).__name__})"
         ) from err
-    for prefix, target in MODEL_KINDS.items():
-        if any(key.startswith(prefix) for key in keys):
-            module_name, class_name = target.split(":")
-            cls = getattr(importlib.import_module(module_name), class_name)
-            module = cls.load_from_checkpoint(path, map_location=map_location)
-            return module.eval()
-    raise UserError(f"checkpoint {path} holds no pantheon model (no generator.* or unet.* weights)")
+    return checkpoint
+
+
+def module_class(checkpoint: dict[str, Any], path: str | Path) -> type[GenerativeModule]:
+    """The GenerativeModule class recorded in the checkpoint."""
+    class_path = (checkpoint.get(CHECKPOINT_KEY) or {}).get("class_path")
+    if not class_path:
+        raise UserError(
+            f"checkpoint {path} records no pantheon model class: it was not written by pantheon.train"
+        )
+    try:
+        cls = get_class(class_path)
+    except Exception as err:
+        raise UserError(
+            f"checkpoint {path} names model class {class_path}, which cannot be imported"
+        ) from err
+    if not (isinstance(cls, type) and issubclass(cls, GenerativeModule)):
+        raise UserError(f"checkpoint {path} names {class_path}, which is not a pantheon GenerativeModule")
+    return cls
+
+
+def load_module(ckpt: str | Path, kind: str | None = None, map_location: str = "cpu") -> GenerativeModule:
+    """The module a pantheon checkpoint holds, in eval mode; `kind` ("gan" | "diffusion") refuses the other."""
+    checkpoint = read_checkpoint(ckpt, map_location)
+    cls = module_class(checkpoint, ckpt)
+    if kind is not None and cls.kind != kind:
+        raise UserError(
+            f"checkpoint {ckpt} holds a {cls.kind} model ({cls.__name__}); this needs {KIND_HINTS[kind]}"
+        )
+    return cls.load_from_checkpoint(ckpt, map_location=map_location).eval()

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
-import lightning as L
 import torch
 from torchvision.utils import make_grid
 
@@ -27,6 +27,7 @@ from pantheon.models.diffusion.components import (
 from pantheon.models.diffusion.losses import denoising_loss, min_snr_weights, target_for
 from pantheon.models.diffusion.sampling import generate, inference_scheduler
 from pantheon.models.diffusion.tiny import ensure_tiny_pipeline
+from pantheon.models.protocol import GenerativeModule
 from pantheon.utils.errors import UserError, require_choice
 from pantheon.utils.logging import RankedLogger
 
@@ -51,8 +52,10 @@ def weight_dtype(precision: str) -> torch.dtype:
     return torch.float16 if str(precision).startswith("16") else torch.float32
 
 
-class DiffusionModule(L.LightningModule):
+class DiffusionModule(GenerativeModule):
     """Fine-tune the UNet of a diffusers pipeline (`pretrained_model`: a local folder or a Hub id) on captions."""
+
+    kind: ClassVar[str] = "diffusion"
 
     def __init__(
         self,
@@ -210,6 +213,7 @@ class DiffusionModule(L.LightningModule):
     # --- checkpoints: LoRA runs keep only the adapters; the EMA rides along for export ---
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         if has_lora(self.unet):
             trained = {name for name, p in self.named_parameters() if p.requires_grad}
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trained}

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import lightning as L
+from typing import ClassVar
+
 import torch
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.image.fid import FrechetInceptionDistance
@@ -11,11 +12,20 @@ from torchvision.utils import make_grid
 from pantheon.evaluation.mnist_classifier import EvaluatorFeatures, load_evaluator
 from pantheon.models.gan.losses import LOSSES, mode_seeking
 from pantheon.models.gan.networks import ARCHITECTURES, build_networks
+from pantheon.models.protocol import GenerativeModule
 from pantheon.utils.errors import require_choice
 
+ALTERNATIVES = "use trainer=ddp (GPUs) or trainer=ddp_cpu (CPU, gloo)"
 
-class ConditionalGAN(L.LightningModule):
+
+class ConditionalGAN(GenerativeModule):
     """G(noise, label) -> digit; D(image, label) -> realness. Validation scores G with the MNIST evaluator."""
+
+    kind: ClassVar[str] = "gan"
+    unsupported_strategies: ClassVar[dict[str, str]] = {
+        "deepspeed": f"Lightning's DeepSpeed accepts a single optimizer, and the GAN steps two (G and D); {ALTERNATIVES}",
+        "fsdp": f"sharding buys nothing for a 2M-parameter model whose two optimizers step in turn; {ALTERNATIVES}",
+    }
 
     def __init__(
         self,
@@ -61,20 +71,25 @@ class ConditionalGAN(L.LightningModule):
         noise = self.sample_noise(len(fake_labels))
         fake = self.generator(noise, fake_labels)
 
-        # Discriminator: tell real digits of this label from generated ones.
+        # Discriminator: tell real digits of this label from generated ones (G's weights frozen meanwhile).
+        self.toggle_optimizer(opt_d)
         d_loss = self.loss.discriminator(
             self.discriminator(real, labels), self.discriminator(fake.detach(), fake_labels)
         )
         opt_d.zero_grad(set_to_none=True)
         self.manual_backward(d_loss)
         opt_d.step()
+        self.untoggle_optimizer(opt_d)
 
         # Generator: make the (just updated) discriminator call its digits real, without ignoring the noise.
+        # D is frozen, so this backward computes no D gradients (which DDP would otherwise all-reduce).
+        self.toggle_optimizer(opt_g)
         g_loss = self.loss.generator(self.discriminator(fake, fake_labels))
         collapse = mode_seeking(fake, noise, pairs)
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(g_loss + self.hparams.mode_seeking_weight * collapse)
         opt_g.step()
+        self.untoggle_optimizer(opt_g)
 
         if batch_idx % self.trainer.log_every_n_steps == 0:  # each log call costs ~1 ms of bookkeeping on CPU
             losses = {"train/d_loss": d_loss, "train/g_loss": g_loss, "train/mode_seeking": collapse}
