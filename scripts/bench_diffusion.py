@@ -76,13 +76,14 @@ def plain_loop(args, pipeline: Path) -> tuple[float, float]:
         "constant_with_warmup", optimizer, num_warmup_steps=HPARAMS["lr_warmup_steps"]
     )
     ema = [p.detach().float().clone() for p in unet.parameters()]
-    loader = datamodule(args).train_dataloader()
+    dm = datamodule(args)
+    loader = dm.train_dataloader()
     batches = (batch for _ in iter(int, 1) for batch in loader)  # epochs without end, like the trainer's
     with PeakRSS() as rss:
         for i in range(args.warmup + args.steps):
             if i == args.warmup:
                 start = time.perf_counter()
-            batch = next(batches)
+            batch = dm.on_after_batch_transfer(next(batches), 0)  # the random flip and caption choice
             with torch.no_grad():
                 moments = vae.encode(batch["pixel_values"]).latent_dist.parameters
                 latents = DiagonalGaussianDistribution(moments).sample() * vae.config.scaling_factor

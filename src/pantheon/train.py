@@ -7,15 +7,17 @@ then fits. On SLURM the same entry point runs under srun on every rank.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-import pantheon.cluster  # noqa: F401  (registers the run_id resolver used by hydra.run.dir)
-from pantheon.cluster.checkpointing import resolve_resume_checkpoint
-from pantheon.cluster.environment import global_rank
-from pantheon.cluster.job import job_callbacks, job_plugins, make_train_order_resumable, prepare_job
+from pantheon.cluster import (  # pantheon.cluster also registers hydra.run.dir's run_id resolver
+    preemption,
+    resume,
+)
+from pantheon.cluster.environment import global_rank, lightning_cluster_environment
 from pantheon.utils.config_checks import check_config
 from pantheon.utils.errors import exit_on_user_error
 from pantheon.utils.instantiate import instantiate_callbacks, instantiate_loggers
@@ -27,7 +29,7 @@ log = RankedLogger(__name__)
 @exit_on_user_error
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the configured model; returns the final logged metrics."""
-    prepare_job()  # first: SLURM's warning signal may come at any time (pantheon.cluster.requeue)
+    preemption.install()  # first: SLURM's warning signal may come at any time
     check_config(cfg)
     # One seed reaches torch, numpy, random and dataloader workers; offset per rank so ranks draw different noise
     # (DDP broadcasts rank 0's initial weights, so models still start identical).
@@ -37,20 +39,29 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     # _convert_="all": plain lists/dicts in hparams, so checkpoints load with torch's weights_only=True.
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
-    make_train_order_resumable(datamodule, cfg.seed)  # a run resumed mid-epoch continues its data order
+    resume.make_train_order_resumable(
+        datamodule, cfg.seed
+    )  # a run resumed mid-epoch continues its data order
     model: L.LightningModule = hydra.utils.instantiate(cfg.model, _convert_="all")
     loggers = instantiate_loggers(cfg.get("logger"))
+    checkpoints = Path(output_dir) / "checkpoints"
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer,
-        callbacks=[*instantiate_callbacks(cfg.get("callbacks")), *job_callbacks(cfg)],
+        callbacks=[
+            *instantiate_callbacks(cfg.get("callbacks")),
+            resume.ExactResume(cfg.seed),  # reseeds per batch: random streams replay after a resume
+            preemption.Preemption(checkpoints, cfg.preemption.check_every_n_batches),
+        ],
         logger=loggers or False,
-        plugins=job_plugins(),
+        plugins=[preemption.AtomicCheckpointIO(), *lightning_cluster_environment()],
     )
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     started = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_resume_checkpoint(cfg.ckpt_path, output_dir))
+    trainer.fit(
+        model, datamodule=datamodule, ckpt_path=resume.checkpoint_to_resume(cfg.ckpt_path, output_dir)
+    )
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
 
     summary = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))

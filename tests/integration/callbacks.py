@@ -14,7 +14,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from pantheon.cluster import signals
+from pantheon.cluster import preemption
 from pantheon.cluster.environment import restart_count
 
 
@@ -53,7 +53,7 @@ class HoldAtStep(L.Callback):
         if trainer.is_global_zero:
             self.marker.write_text(f"{trainer.global_step}\n")
         deadline = time.monotonic() + self.timeout_s
-        while signals.received() is None and time.monotonic() < deadline:
+        while preemption.received() is None and time.monotonic() < deadline:
             time.sleep(0.1)
 
 

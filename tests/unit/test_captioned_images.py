@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -12,7 +13,6 @@ from PIL import Image
 from pantheon.data.captioned_images import CaptionedImagesDataModule, ensure_shapes_dataset
 from pantheon.train import train
 from pantheon.utils.errors import UserError
-from pantheon.utils.offline import host_reachable
 from tests.conftest import SHARED_FLOWERS, requires_shared_flowers
 
 
@@ -37,7 +37,7 @@ def datamodule(data_dir: Path, **kwargs) -> CaptionedImagesDataModule:
 
 def test_imagefolder_batches(tmp_path: Path) -> None:
     dm = datamodule(make_folder(tmp_path, rows()))
-    batch = next(iter(dm.train_dataloader()))
+    batch = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
     assert batch["pixel_values"].shape == (2, 3, 16, 16)
     assert batch["pixel_values"].min() >= -1.0 and batch["pixel_values"].max() <= 1.0
     assert all(text.startswith("a photo of flower") for text in batch["text"])
@@ -47,7 +47,7 @@ def test_imagefolder_batches(tmp_path: Path) -> None:
 def test_generated_shapes_when_the_folder_is_absent(tmp_path: Path) -> None:
     dm = datamodule(tmp_path / "absent", synthetic_fallback=True, synthetic_dir=str(tmp_path / "shapes"))
     assert dm.source_used == "synthetic" and len(dm.train_set) == 240
-    assert dm.train_set[0]["text"] == "a photo of a red circle"
+    assert dm.train_set[0]["captions"] == ("a photo of a red circle",)
     first = (tmp_path / "shapes" / "images" / "00000.png").read_bytes()
     ensure_shapes_dataset(tmp_path / "again")
     assert (tmp_path / "again" / "images" / "00000.png").read_bytes() == first, "seeded: same images"
@@ -97,14 +97,63 @@ def test_image_that_breaks_after_the_check_fails_on_decode_naming_the_file(tmp_p
         dm.train_set[0]
 
 
-def test_missing_folder_and_offline_hub_dataset(tmp_path: Path, monkeypatch) -> None:
+def test_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="does not exist"):
         CaptionedImagesDataModule(data_dir=str(tmp_path / "absent"))
-    monkeypatch.setenv("PANTHEON_OFFLINE", "1")
-    host_reachable.cache_clear()
-    with pytest.raises(UserError, match=r"data\.hub_dataset=someone/flowers needs the Hugging Face Hub"):
-        CaptionedImagesDataModule(data_dir=None, hub_dataset="someone/flowers")
-    host_reachable.cache_clear()
+
+
+def test_a_list_of_captions_gives_one_caption_per_sample(tmp_path: Path) -> None:
+    captions = [["a photo of a rose", "a red rose", "roses in a garden"]] * 4
+    folder = make_folder(tmp_path, [{**row, "text": c} for row, c in zip(rows(), captions, strict=True)])
+    dm = datamodule(folder)
+    seen = set()
+    for _ in range(10):
+        batch = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
+        assert all(isinstance(text, str) and text in captions[0] for text in batch["text"])
+        seen.update(batch["text"])
+    assert len(seen) > 1, "the caption is drawn per sample, not fixed"
+    (folder / "metadata.jsonl").write_text(json.dumps({"file_name": "images/0.png", "text": [1, 2]}) + "\n")
+    with pytest.raises(
+        UserError, match="line 1: the caption must be a string or a non-empty list of strings"
+    ):
+        datamodule(folder)
+
+
+def test_random_flip_and_caption_are_drawn_in_the_main_process(tmp_path: Path) -> None:
+    """Workers return the same sample for an index every time; the random parts come from the main process's
+    generator after batching, which exact resume reseeds (pantheon.cluster.resume)."""
+    folder = make_folder(tmp_path, [{**row, "text": ["one", "two"]} for row in rows()])
+    for i in range(4):  # left half dark, right half bright: a flip shows
+        Image.fromarray(
+            np.repeat(np.linspace(0, 255, 40, dtype=np.uint8)[None, :, None], 30, 0).repeat(3, 2)
+        ).save(folder / "images" / f"{i}.png")
+    dm = CaptionedImagesDataModule(data_dir=str(folder), resolution=16, batch_size=4, num_workers=2)
+    dm.setup("fit")
+    assert torch.equal(dm.train_set[1]["pixel_values"], dm.train_set[1]["pixel_values"])
+    raw = next(
+        iter(
+            torch.utils.data.DataLoader(
+                dm.train_set, batch_size=4, collate_fn=dm.train_dataloader().collate_fn
+            )
+        )
+    )
+    draws = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        draws.append(dm.on_after_batch_transfer(raw, 0))
+    assert (
+        torch.equal(draws[0]["pixel_values"], draws[1]["pixel_values"])
+        and draws[0]["text"] == draws[1]["text"]
+    )
+    flipped = [
+        not torch.equal(a, b) for a, b in zip(draws[0]["pixel_values"], raw["pixel_values"], strict=True)
+    ]
+    for a, b, f in zip(draws[0]["pixel_values"], raw["pixel_values"], flipped, strict=True):
+        assert torch.equal(a, b.flip(-1) if f else b)
+    assert 0 < sum(flipped) < 4 or flipped != [
+        not torch.equal(a, b)
+        for a, b in zip(dm.on_after_batch_transfer(raw, 0)["pixel_values"], raw["pixel_values"], strict=True)
+    ], "flips are drawn per image"
 
 
 def test_bad_data_fails_the_train_entry_point_before_the_model_loads(
@@ -131,5 +180,5 @@ def test_shared_flowers_work_as_they_are() -> None:
     dm.setup()
     assert len(dm.train_set) == 1020, "the official train split"
     item = dm.train_set[0]
-    assert item["pixel_values"].shape == (3, 32, 32) and item["text"].startswith("a photo of a")
+    assert item["pixel_values"].shape == (3, 32, 32) and item["captions"][0].startswith("a photo of a")
     assert torch.isfinite(item["pixel_values"]).all()

@@ -15,13 +15,12 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
-from pantheon.cluster import environment, preflight, signals
-from pantheon.cluster.checkpointing import resolve_resume_checkpoint
+from pantheon.cluster import environment, preemption, preflight
 from pantheon.cluster.launcher import container_command
-from pantheon.cluster.requeue import requeue_job
 from pantheon.cluster.resume import (
     ResumableDataLoader,
     ResumableSampler,
+    checkpoint_to_resume,
     make_train_order_resumable,
     resumable_train_loader,
     step_seed,
@@ -313,32 +312,30 @@ def test_container_commands() -> None:
 
 
 def test_requeue_off_slurm_reports_false(no_slurm) -> None:
-    assert requeue_job() is False
+    assert preemption.requeue_job() is False
 
 
 def test_warning_signals_are_only_recorded() -> None:
     import os
 
-    signals.install()
-    signals.clear()
+    preemption.install()
+    preemption.clear()
     os.kill(os.getpid(), signal.SIGUSR2)  # submitit's warning; would run submitit's handler otherwise
-    assert signals.received() == signal.SIGUSR2
-    signals.clear()
-    assert signals.received() is None
+    assert preemption.received() == signal.SIGUSR2
+    preemption.clear()
+    assert preemption.received() is None
 
 
-def test_resolve_resume_checkpoint(tmp_path: Path) -> None:
-    assert resolve_resume_checkpoint("last", tmp_path) is None
+def test_checkpoint_to_resume(tmp_path: Path) -> None:
+    assert checkpoint_to_resume("last", tmp_path) is None
     ckpts = tmp_path / "checkpoints"
     (ckpts / "last.ckpt.old").mkdir(parents=True)
-    assert resolve_resume_checkpoint("last", tmp_path).endswith("last.ckpt.old"), (
-        "an interrupted DeepSpeed swap"
-    )
+    assert checkpoint_to_resume("last", tmp_path).endswith("last.ckpt.old"), "an interrupted DeepSpeed swap"
     (ckpts / "last.ckpt").mkdir()  # DeepSpeed checkpoints are directories
-    assert resolve_resume_checkpoint("last", tmp_path).endswith("last.ckpt")
-    assert resolve_resume_checkpoint(None, tmp_path) is None
+    assert checkpoint_to_resume("last", tmp_path).endswith("last.ckpt")
+    assert checkpoint_to_resume(None, tmp_path) is None
     with pytest.raises(UserError, match="does not exist"):
-        resolve_resume_checkpoint(str(tmp_path / "nope.ckpt"), tmp_path)
+        checkpoint_to_resume(str(tmp_path / "nope.ckpt"), tmp_path)
 
 
 def test_resumable_sampler_shards_and_skips() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pantheon.cluster import signals
+from pantheon.cluster import preemption
 from pantheon.train import train
 from tests.conftest import compose_train
 
@@ -68,7 +68,7 @@ def test_stopped_and_resumed_run_equals_uninterrupted(
     with pytest.raises(SystemExit) as stopped:
         run(tmp_path, "ckpt_path=null", *signal_at)
     assert stopped.value.code == 128 + signal.SIGUSR1, "off SLURM: saved, not requeued, 128 + signal"
-    assert signals.received() is None, "the handled signal is cleared"
+    assert preemption.received() is None, "the handled signal is cleared"
     last = tmp_path / "checkpoints" / "last.ckpt"
     saved = torch.load(last, weights_only=True)
     assert saved["global_step"] == stop_at

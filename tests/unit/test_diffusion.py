@@ -224,7 +224,7 @@ def test_cached_latents_give_the_same_loss_as_on_the_fly(tiny: Path, shapes: Pat
     dm.setup()
     images = [dm.train_set[i] for i in range(4)]
     pixels = torch.stack([item["pixel_values"] for item in images])
-    captions = [item["text"] for item in images]
+    captions = [item["captions"][0] for item in images]
 
     dm.cache_latents_with(module.encode_moments)
     cached = torch.stack([dm.train_set.moments[i, 0] for i in range(4)])
@@ -235,7 +235,7 @@ def test_cached_latents_give_the_same_loss_as_on_the_fly(tiny: Path, shapes: Pat
     torch.manual_seed(3)
     from_cache = module.training_step({"latent_moments": cached, "text": captions}, 0)
     torch.testing.assert_close(from_cache, on_the_fly)
-    assert [dm.train_set[i]["text"] for i in range(4)] == captions
+    assert [dm.train_set[i]["captions"][0] for i in range(4)] == captions
 
 
 def test_offline_hub_id_fails_fast_with_one_line(fast_cfg, shapes: Path, monkeypatch, capsys) -> None:

@@ -1,11 +1,9 @@
 """The one place for cluster concerns: environment (ranks, job ids), run directories, requeue, pre-submit checks.
 
-job            the three calls train.py makes (signal handler, resumable train order, callbacks and plugins)
 environment    ranks, job ids, run directory names, MASTER_ADDR, Lightning's SLURM environment (auto-requeue off)
-signals        remembers SLURM's warning signal (USR1 from the sbatch templates, USR2 from submitit)
-requeue        on that warning: checkpoint at the next batch boundary, `scontrol requeue`, exit (the one mechanism)
-resume         exact resume: the train loader's position in checkpoints, per-batch reseeding
-checkpointing  atomic checkpoint writes (files and DeepSpeed directories); which checkpoint to resume
+preemption     SLURM's warning signal -> every rank saves last.ckpt atomically at a batch boundary -> requeue
+               (the one mechanism, explained in its docstring)
+resume         which checkpoint to resume from, and resuming exactly: data order mid-epoch, per-batch reseeding
 preflight      checks before anything is built or submitted (strategy vs model, allocation vs trainer)
 launcher       hydra-submitit-launcher's launchers plus those checks and containers (registered for Hydra in
                src/hydra_plugins/pantheon_launcher)

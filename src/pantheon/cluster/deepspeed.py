@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import sys
 from pathlib import Path
 
+from pantheon.utils import atomic
 from pantheon.utils.errors import UserError, exit_on_user_error
 
 
@@ -40,11 +40,11 @@ def consolidate_checkpoint(checkpoint_dir: str | Path, output_file: str | Path |
     if not is_zero_checkpoint(checkpoint_dir):
         raise UserError(f"{checkpoint_dir} is not a DeepSpeed checkpoint directory (no `latest` file in it)")
     output = Path(output_file) if output_file else consolidated_path(checkpoint_dir)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp")
-    with contextlib.redirect_stdout(io.StringIO()):  # deepspeed prints every shard it reads
-        convert_zero_checkpoint_to_fp32_state_dict(str(checkpoint_dir), str(tmp))
-    os.replace(tmp, output)
+    with (
+        atomic.publish(output) as staging,
+        contextlib.redirect_stdout(io.StringIO()),
+    ):  # it prints every shard
+        convert_zero_checkpoint_to_fp32_state_dict(str(checkpoint_dir), str(staging))
     return output
 
 

@@ -121,7 +121,7 @@ def export_main_address() -> None:
 
 def lightning_cluster_environment() -> list[SLURMEnvironment]:
     """Lightning's SLURM environment (ranks from srun) with its auto-requeue switched off, when Lightning
-    would pick SLURM at all: requeueing is pantheon.cluster.requeue's job, and two handlers of one signal
+    would pick SLURM at all: requeueing is pantheon.cluster.preemption's job, and two handlers of one signal
     would each save and requeue. An empty list elsewhere (Lightning then detects its own environment)."""
     # SLURMEnvironment.detect()'s rule, without its "srun is available but not used" warning.
     if "SLURM_NTASKS" not in os.environ or os.environ.get("SLURM_JOB_NAME") in ("bash", "interactive"):

@@ -1,7 +1,11 @@
-"""Exact resume: a run stopped at any batch and resumed continues with the weights, data and random numbers
-an uninterrupted run would have had, so both end bit-identical.
+"""Resume: which checkpoint a run continues from, and continuing it exactly, so that a run stopped at any batch
+and resumed ends bit-identical to an uninterrupted one (pantheon.cluster.preemption writes what this reads).
 
-Lightning restores model, optimizer, LR schedulers, callbacks (EMA) and loop progress from a checkpoint. Two
+What to resume from: `ckpt_path: last` (the default) is this run directory's checkpoints/last.ckpt when there is
+one (a requeued job, a rerun with the same hydra.run.dir), else a fresh start; a path must exist; null starts
+fresh (`checkpoint_to_resume`).
+
+How: Lightning restores model, optimizer, LR schedulers, callbacks (EMA) and loop progress from a checkpoint. Two
 things it leaves to us:
 
 - The data order mid-epoch. A resumed epoch would start its shuffle again from the top. The train loader is
@@ -15,9 +19,9 @@ things it leaves to us:
   trained so far). The stream a batch sees is then a function of where it is in training, whichever process
   got there, as in fairseq's per-update seeding.
 
-Not covered: random augmentation inside DataLoader worker processes (workers are seeded per epoch iterator,
-which a resumed run creates at a different point); keep augmentation in the main process (num_workers=0) or
-seeded by sample index when exact resume matters.
+Random augmentation therefore happens in the main process, after the reseeding (the flowers' random flip is
+applied to the batch in the datamodule's on_after_batch_transfer): workers are seeded per epoch iterator, which a
+resumed run creates at a different point, so a random transform inside a worker would not replay.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import functools
 import random
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -33,9 +38,27 @@ import torch
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
 
+from pantheon.utils import atomic
+from pantheon.utils.errors import UserError
 from pantheon.utils.logging import RankedLogger
 
 log = RankedLogger(__name__)
+
+
+def checkpoint_to_resume(ckpt_path: str | None, output_dir: str | Path) -> str | None:
+    """`last`: this run directory's last.ckpt when there is one (a DeepSpeed checkpoint is a directory; an
+    interrupted swap leaves `last.ckpt.old` complete, the fallback); an explicit path must exist; null: fresh."""
+    if ckpt_path in (None, "", "none", "null"):
+        return None
+    if ckpt_path == "last":
+        last = Path(output_dir) / "checkpoints" / "last.ckpt"
+        for candidate in (last, atomic.previous(last)):
+            if candidate.exists():
+                return str(candidate)
+        return None
+    if not Path(ckpt_path).exists():
+        raise UserError(f"ckpt_path={ckpt_path} does not exist: pass a .ckpt file, `last` or null")
+    return str(ckpt_path)
 
 
 class ResumableSampler(DistributedSampler):

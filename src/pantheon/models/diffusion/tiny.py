@@ -10,14 +10,12 @@ Hub model.
 from __future__ import annotations
 
 import gzip
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from pantheon.utils import atomic
 from pantheon.utils.errors import UserError
 from pantheon.utils.logging import RankedLogger
 
@@ -142,23 +140,13 @@ def build_tiny_components(spec: TinySpec = TinySpec()) -> dict:
 
 def ensure_tiny_pipeline(path: str | Path, spec: TinySpec = TinySpec()) -> Path:
     """The tiny pipeline folder at `path`, built there first when missing. Ranks that race here all write the
-    same seeded files into private temp folders; the first rename wins and the others discard theirs."""
+    same seeded files into private staging folders; the first to finish publishes, the others discard theirs."""
     from pantheon.models.diffusion.components import save_pipeline
 
     path = Path(path)
     if (path / "model_index.json").is_file():
         return path
     log.info(f"building the tiny diffusion pipeline (offline, seeded) in {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; the cache is shared like any folder
-    try:
+    with atomic.publish(path, directory=True, keep_existing=True) as staging:
         save_pipeline(build_tiny_components(spec), staging)
-        try:
-            os.rename(staging, path)
-        except OSError:
-            if not (path / "model_index.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return path
