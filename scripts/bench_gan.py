@@ -6,6 +6,8 @@
    class_acc and fid_mnist at each budget mark (target: class_acc >= 0.97 within 10 min on 2 CPU cores), writes the run's
    metrics.csv and sample grids, and (with --docs) the curves and final grid under docs/.
 3. Peak RSS of the process.
+4. Step costs (--step-costs): what freezing D during G's backward saves (the module's toggle_optimizer), and what
+   one preemption agreement (a 2-process gloo all-reduce of a flag plus its host sync) costs against a batch.
 """
 
 from __future__ import annotations
@@ -43,8 +45,11 @@ def mnist_gan_recipe() -> dict:
     }
 
 
-def plain_pytorch_steps_per_s(loader, arch: str, recipe: dict, steps: int, warmup: int) -> float:
-    """The baseline: the same D-then-G step (label pairing, mode seeking) written as a bare loop."""
+def plain_pytorch_steps_per_s(
+    loader, arch: str, recipe: dict, steps: int, warmup: int, freeze_d: bool = True
+) -> float:
+    """The baseline: the same D-then-G step (label pairing, mode seeking, D frozen during G's backward, as
+    the module's toggle_optimizer does) written as a bare loop; freeze_d=False computes D's unused gradients."""
     torch.manual_seed(0)
     generator, discriminator = build_networks(arch, 100, 10)
     loss = LOSSES[recipe["loss"]]
@@ -63,11 +68,13 @@ def plain_pytorch_steps_per_s(loader, arch: str, recipe: dict, steps: int, warmu
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()
+        discriminator.requires_grad_(not freeze_d)
         g_loss = loss.generator(discriminator(fake, fake_labels))
         g_loss = g_loss + recipe["mode_seeking_weight"] * mode_seeking(fake, noise, pairs)
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()
+        discriminator.requires_grad_(True)
     return steps / (time.perf_counter() - start)
 
 
@@ -165,6 +172,77 @@ def quality_run(data_dir: Path, arch: str, budget_s: int, out: Path) -> list[tup
     return [tuple(float(x) for x in line.split(",")) for line in quality_csv.read_text().splitlines()]
 
 
+def _agreement_worker(rank: int, calls: int, port: int, out) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    flag = torch.zeros(1)
+    for i in range(20 + calls):
+        if i == 20:
+            dist.barrier()
+            start = time.perf_counter()
+        dist.all_reduce(flag)  # what reduce_boolean_decision does, and the host reads the result
+        flag.item()
+    if rank == 0:
+        out.put((time.perf_counter() - start) / calls)
+    dist.destroy_process_group()
+
+
+def agreement_seconds(calls: int = 500) -> float:
+    """Seconds per preemption agreement between 2 CPU processes (gloo over loopback)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    workers = [ctx.Process(target=_agreement_worker, args=(r, calls, port, out)) for r in (0, 1)]
+    for w in workers:
+        w.start()
+    seconds = out.get(timeout=120)
+    for w in workers:
+        w.join(timeout=30)
+    return seconds
+
+
+def print_step_costs(datamodule: MNISTDataModule, args: argparse.Namespace) -> None:
+    """Alternating rounds of the plain loop with D frozen or not in G's step; the agreement's cost per batch."""
+    recipe = mnist_gan_recipe()
+    frozen, unfrozen = [], []
+    for _ in range(args.rounds):
+        frozen.append(
+            plain_pytorch_steps_per_s(
+                datamodule.train_dataloader(), args.arch, recipe, args.steps, args.warmup
+            )
+        )
+        unfrozen.append(
+            plain_pytorch_steps_per_s(
+                datamodule.train_dataloader(), args.arch, recipe, args.steps, args.warmup, False
+            )
+        )
+    print(
+        f"D frozen in G step : {max(frozen):7.2f} batches/s (runs: {', '.join(f'{r:.2f}' for r in frozen)})"
+    )
+    print(
+        f"D grads computed   : {max(unfrozen):7.2f} batches/s (runs: {', '.join(f'{r:.2f}' for r in unfrozen)})"
+    )
+    print(
+        f"freezing D speedup : {max(frozen) / max(unfrozen):7.3f} best/best, {sum(frozen) / sum(unfrozen):.3f} mean/mean"
+    )
+    agreement = agreement_seconds()
+    batch = 1 / max(frozen)
+    print(
+        f"preemption check   : {agreement * 1e6:7.0f} us per agreement (2 gloo processes) = {agreement / batch:.2%} of a "
+        f"{batch * 1e3:.0f} ms batch at preemption.check_every_n_batches=1, {agreement / batch / 10:.3%} at 10"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -179,6 +257,9 @@ def main() -> int:
     parser.add_argument(
         "--budget-s", type=int, default=600, help="quality run wall-clock budget (0 skips it)"
     )
+    parser.add_argument(
+        "--step-costs", action="store_true", help="measure D freezing and the preemption check"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "logs" / "bench" / "gan")
     parser.add_argument(
         "--docs", action="store_true", help="write docs/training_curves.png and docs/samples_grid.png"
@@ -191,6 +272,8 @@ def main() -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, arch={args.arch}, batch 64")
     datamodule = MNISTDataModule(data_dir=str(args.data_dir), source="torchvision", batch_size=64)
     datamodule.setup()
+    if args.step_costs:
+        print_step_costs(datamodule, args)
     if args.steps:
         print_throughput(datamodule, args)
     if args.budget_s:

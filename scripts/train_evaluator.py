@@ -1,6 +1,6 @@
 """Train the MNIST evaluator that scores generated digits (class accuracy and MNIST-FID features).
 
-    python scripts/train_evaluator.py [--data-dir ../shared/data/mnist] [--epochs 3] [--out PATH]
+    python scripts/train_evaluator.py [--data-dir ../shared/data/mnist] [--epochs 2] [--out PATH]
 
 Needs full MNIST in torchvision layout. Prints test accuracy; refuses to save below --min-accuracy.
 """
@@ -35,7 +35,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--data-dir", default="../shared/data/mnist")
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-accuracy", type=float, default=0.99)

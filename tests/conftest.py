@@ -29,17 +29,8 @@ requires_shared_flowers = pytest.mark.skipif(
     not (SHARED_FLOWERS / "metadata.jsonl").exists(), reason=f"flowers not found at {SHARED_FLOWERS}"
 )
 
-# Small, quick, offline settings for every composed test config.
-FAST = [
-    "logger=csv",
-    "callbacks=default",
-    "~callbacks.rich_progress_bar",
-    "trainer.max_epochs=1",
-    "+trainer.limit_train_batches=4",
-    "+trainer.limit_val_batches=2",
-    "+trainer.enable_model_summary=false",
-    "data.batch_size=32",
-]
+# Small, quick, offline settings for every composed test config (configs/debug/fast.yaml).
+FAST = ["debug=fast"]
 
 
 def compose_train(output_dir: Path, overrides: list[str] = ()) -> DictConfig:

@@ -46,15 +46,7 @@ GAN_ARGS = [
     "trainer=ddp_cpu",
     "trainer.num_nodes=2",
     "trainer.devices=1",
-    "trainer.max_epochs=2",
-    "+trainer.limit_train_batches=4",
-    "+trainer.limit_val_batches=0",
-    "+trainer.enable_progress_bar=false",
-    "+trainer.enable_model_summary=false",
-    "logger=csv",
-    "callbacks=none",
-    "trainer.log_every_n_steps=1",
-    "data.batch_size=16",
+    "debug=bare",  # 2 epochs of 4 batches of 16, no validation (configs/debug/bare.yaml)
     "seed=5",
 ]
 FINAL_STEP = 16
@@ -129,9 +121,8 @@ def test_submitit_sweep_runs_as_a_job_array(tmp_path: Path, job_name: str) -> No
     sweep = tmp_path / "sweep"
     command = [
         sys.executable, "-m", "pantheon.train", "-m", "hydra/launcher=submitit_slurm", "slurm=local",
-        "experiment=mnist_gan", "trainer=cpu", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
-        "+trainer.limit_val_batches=0", "+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false",
-        "trainer.log_every_n_steps=1", "logger=csv", "callbacks=none", "data.batch_size=16", "+optimized_metric=train/g_loss",
+        "experiment=mnist_gan", "trainer=cpu", "debug=bare", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+        "+optimized_metric=train/g_loss",
         f"hydra.sweep.dir={sweep}", f"hydra.launcher.name={job_name}", "seed=1,2",
     ]  # fmt: skip
     result = sh(command, timeout=JOB_TIMEOUT_S, cwd=ROOT, env=job_env())
@@ -251,12 +242,8 @@ def test_tiny_diffusion_ddp_on_two_tasks(tmp_path: Path, job_name: str) -> None:
         "trainer=ddp_cpu",
         "trainer.num_nodes=2",
         "trainer.devices=1",
+        "debug=bare",
         "trainer.max_steps=4",
-        "+trainer.limit_val_batches=0",
-        "+trainer.enable_progress_bar=false",
-        "+trainer.enable_model_summary=false",
-        "logger=csv",
-        "callbacks=none",
         f"paths.log_dir={tmp_path}/logs",
         *dump_weights(tmp_path / "weights"),
     ]

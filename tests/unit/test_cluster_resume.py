@@ -15,17 +15,7 @@ from pantheon.train import train
 from tests.conftest import compose_train
 
 # 2 epochs of 3 batches; the GAN steps two optimizers per batch, so global step 12 at the end.
-RUN = [
-    "logger=csv",
-    "callbacks=none",
-    "trainer.max_epochs=2",
-    "+trainer.limit_train_batches=3",
-    "+trainer.limit_val_batches=0",
-    "+trainer.enable_progress_bar=false",
-    "+trainer.enable_model_summary=false",
-    "data.batch_size=16",
-    "seed=3",
-]
+RUN = ["debug=bare", "trainer.limit_train_batches=3", "seed=3"]
 FINAL_STEP = 12
 
 

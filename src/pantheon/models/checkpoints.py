@@ -11,10 +11,14 @@ from hydra.utils import get_class
 from pantheon.models.protocol import CHECKPOINT_KEY, GenerativeModule
 from pantheon.utils.errors import UserError
 
-# What each entry point tells a user who handed it the other kind of model.
-KIND_HINTS = {
-    "gan": "a GAN checkpoint (experiment=mnist_gan*, <run>/checkpoints/*.ckpt)",
-    "diffusion": "a diffusion checkpoint (experiment=flowers_sd*); for sampling pass pipeline=<run>/pipeline",
+# What a user who handed an entry point the other kind of model is told: what it needs, and what to do instead.
+KIND_NEEDS = {
+    "gan": "a GAN checkpoint (experiment=mnist_gan*)",
+    "diffusion": "a diffusion checkpoint (experiment=flowers_sd*)",
+}
+KIND_USES = {
+    "gan": "sample it with ckpt=<checkpoint> digit=<0-9>",
+    "diffusion": "sample it with pipeline=<run>/pipeline (`python -m pantheon.export ckpt=<checkpoint>` writes one)",
 }
 
 
@@ -57,6 +61,7 @@ def load_module(ckpt: str | Path, kind: str | None = None, map_location: str = "
     cls = module_class(checkpoint, ckpt)
     if kind is not None and cls.kind != kind:
         raise UserError(
-            f"checkpoint {ckpt} holds a {cls.kind} model ({cls.__name__}); this needs {KIND_HINTS[kind]}"
+            f"checkpoint {ckpt} holds a {cls.kind} model ({cls.__name__}), but this needs {KIND_NEEDS[kind]}: "
+            f"{KIND_USES[cls.kind]}"
         )
     return cls.load_from_checkpoint(ckpt, map_location=map_location).eval()
