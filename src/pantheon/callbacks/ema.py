@@ -8,7 +8,7 @@ the averaged values into the parameters for a block (sampling, validation, expor
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import lightning as L
@@ -18,8 +18,22 @@ CHECKPOINT_ATTR = "_ema_from_checkpoint"
 
 
 def trainable_parameters(module: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
-    """What the EMA averages: the parameters the optimizer trains (a LoRA run: only the adapters)."""
-    return {name: p for name, p in module.named_parameters() if p.requires_grad}
+    """What the EMA averages: the parameters the optimizer trains (a LoRA run: only the adapters), named as
+    the unwrapped module names them (FSDP inserts `_fsdp_wrapped_module.`)."""
+    return {
+        name.replace("_fsdp_wrapped_module.", ""): p
+        for name, p in module.named_parameters()
+        if p.requires_grad
+    }
+
+
+def full_parameters(trainer: L.Trainer):
+    """Under FSDP, parameters outside forward are this rank's shards: gather them (on every rank) so the shadow
+    holds full tensors, which checkpoints (rank 0's copy) and export need. Elsewhere, nothing to do."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    model = trainer.strategy.model
+    return FSDP.summon_full_params(model, writeback=False) if isinstance(model, FSDP) else nullcontext()
 
 
 class EMA(L.Callback):
@@ -49,10 +63,11 @@ class EMA(L.Callback):
         return min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        params = trainable_parameters(pl_module)
-        if self.shadow is None:  # a fresh run (a resumed one got its shadow from load_state_dict)
-            self.shadow = {name: p.detach().float().clone() for name, p in params.items()}
-        elif self.shadow.keys() != params.keys():
+        with full_parameters(trainer):
+            params = trainable_parameters(pl_module)
+            if self.shadow is None:  # a fresh run (a resumed one got its shadow from load_state_dict)
+                self.shadow = {name: p.detach().float().clone() for name, p in params.items()}
+        if self.shadow.keys() != params.keys():
             raise RuntimeError("the checkpoint's EMA covers other parameters than this model trains")
         self.shadow = {name: s.to(params[name].device) for name, s in self.shadow.items()}
 
@@ -61,7 +76,8 @@ class EMA(L.Callback):
         if step <= self.last_step or step < self.start_step or step % self.every_n_steps:
             return
         self.last_step = step
-        self.update(pl_module)
+        with full_parameters(trainer):
+            self.update(pl_module)
 
     @torch.no_grad()
     def update(self, pl_module: torch.nn.Module) -> None:
