@@ -86,8 +86,10 @@ def test_concurrent_requests_are_batched_and_batching_changes_no_bytes(server):
     after = scrape(get(f"{server}/metrics")[1].decode())
     batches = after["pantheon_batch_requests_count"] - before["pantheon_batch_requests_count"]
     requests = after["pantheon_batch_requests_sum"] - before["pantheon_batch_requests_sum"]
-    assert requests == len(bodies) and batches < len(bodies), f"{len(bodies)} requests in {batches} model calls"
-    for body, reply in zip(bodies, together):
+    assert requests == len(bodies) and batches < len(bodies), (
+        f"{len(bodies)} requests in {batches} model calls"
+    )
+    for body, reply in zip(bodies, together, strict=True):
         assert reply["images"] == predict(server, **body)["images"], body
 
 
@@ -111,15 +113,22 @@ BAD = [
 def test_bad_input_is_a_4xx_naming_the_field_and_the_server_keeps_serving(server):
     for body, status, field in BAD:
         got, reply = post(f"{server}/predict", body)
-        assert (got, reply["field"]) == (status, field), (body if isinstance(body, dict) else body[:40], reply)
-        assert "allowed: " in reply["error"] and "\n" not in reply["error"] and "Traceback" not in reply["error"]
+        assert (got, reply["field"]) == (status, field), (
+            body if isinstance(body, dict) else body[:40],
+            reply,
+        )
+        assert (
+            "allowed: " in reply["error"] and "\n" not in reply["error"] and "Traceback" not in reply["error"]
+        )
     assert get(f"{server}/health") == (200, b"ok")
     assert predict(server, digit=1)["n"] == 1
 
 
 def test_curl_style_form_content_type_is_read_as_json(server):
     """`curl -d '{"digit": 5, "n": 4}' localhost:8000/predict` sends a form Content-Type."""
-    status, reply = post(f"{server}/predict", b'{"digit": 5, "n": 4}', content_type="application/x-www-form-urlencoded")
+    status, reply = post(
+        f"{server}/predict", b'{"digit": 5, "n": 4}', content_type="application/x-www-form-urlencoded"
+    )
     assert status == 200 and (reply["digit"], reply["n"]) == (5, 4)
 
 

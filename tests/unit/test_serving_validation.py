@@ -98,14 +98,39 @@ def test_bad_diffusion_requests_name_the_field(body, field):
         ["ckpt=a.ckpt", "port=eighty"],
     ],
 )
-def test_bad_serve_arguments_are_user_errors(argv):
+def test_bad_serve_arguments_are_user_errors(argv, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.ckpt").write_bytes(b"")
     with pytest.raises(UserError):
         parse_args(argv)
 
 
-def test_serve_defaults_per_kind():
-    gan, sd = parse_args(["ckpt=a.ckpt"]), parse_args(["pipeline=p", "max_batch_size=1"])
-    assert (gan.kind, gan.batch_size, gan.images_per_request, gan.host, gan.port) == ("gan", 32, 64, "127.0.0.1", 8000)
+@pytest.mark.parametrize(
+    ("arg", "expected"),
+    [
+        ("ckpt=missing.ckpt", "does not exist"),
+        ("pipeline=./missing", "does not exist"),
+        ("pipeline=runs/x/pipeline", "does not exist"),
+        ("pipeline=.", "no model_index.json"),
+    ],
+)
+def test_missing_model_files_fail_before_anything_loads(arg, expected, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=expected):
+        parse_args([arg])
+
+
+def test_serve_defaults_per_kind(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.ckpt").write_bytes(b"")
+    gan, sd = parse_args(["ckpt=a.ckpt"]), parse_args(["pipeline=org/model", "max_batch_size=1"])
+    assert (gan.kind, gan.batch_size, gan.images_per_request, gan.host, gan.port) == (
+        "gan",
+        32,
+        64,
+        "127.0.0.1",
+        8000,
+    )
     assert (sd.kind, sd.batch_size, sd.images_per_request) == ("diffusion", 1, 4)
 
 
@@ -120,7 +145,9 @@ def run_middleware(body: bytes, headers: dict[str, str] | None = None, max_body_
         await send({"type": "http.response.body", "body": b"{}"})
 
     chunks = [body[i : i + 100] for i in range(0, len(body), 100)] or [b""]
-    messages = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+    messages = [
+        {"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)
+    ]
 
     async def receive():
         return messages.pop(0)
@@ -138,7 +165,9 @@ def run_middleware(body: bytes, headers: dict[str, str] | None = None, max_body_
 
 def test_middleware_normalizes_a_form_typed_json_body():
     """`curl -d '{...}'` sends application/x-www-form-urlencoded: the body is still read as JSON."""
-    status, _, body, headers = run_middleware(b'{"digit": 4}', {"content-type": "application/x-www-form-urlencoded"})
+    status, _, body, headers = run_middleware(
+        b'{"digit": 4}', {"content-type": "application/x-www-form-urlencoded"}
+    )
     forwarded = json.loads(body)
     assert status == 200 and forwarded["digit"] == 4 and forwarded["n"] == 1 and "seed" in forwarded
     assert headers[b"content-type"] == b"application/json"
