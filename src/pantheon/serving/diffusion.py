@@ -108,6 +108,7 @@ class DiffusionAPI(ls.LitAPI):
 
     def setup(self, device: str) -> None:
         """Load and warm up at the native resolution before LitServe reports the worker ready."""
+        metrics.register()
         if self.threads:
             torch.set_num_threads(self.threads)
         self.pipe = load_pipeline(self.model.pipeline, device)

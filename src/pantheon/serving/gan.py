@@ -122,6 +122,7 @@ class GanAPI(ls.LitAPI):
 
     def setup(self, device: str) -> None:
         """Load and warm up (the largest batch once) before LitServe reports the worker ready."""
+        metrics.register()
         if self.threads:
             torch.set_num_threads(self.threads)
         if self.model.onnx_path:

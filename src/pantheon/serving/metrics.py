@@ -33,7 +33,8 @@ def use_multiprocess_dir() -> Path:
 
 
 @functools.cache
-def _metrics() -> SimpleNamespace:
+def register() -> SimpleNamespace:
+    """This process's metrics, created at start-up so /metrics lists them at zero before the first request."""
     from prometheus_client import Counter, Histogram
 
     return SimpleNamespace(
@@ -52,14 +53,14 @@ def _metrics() -> SimpleNamespace:
 
 
 def observe_request(status: int, seconds: float) -> None:
-    m = _metrics()
+    m = register()
     m.requests.labels(code=str(status)).inc()
     if status == 200:
         m.latency.observe(seconds)
 
 
 def observe_batch(requests: int, images: int, seconds: float) -> None:
-    m = _metrics()
+    m = register()
     m.batch_requests.observe(requests)
     m.batch_images.observe(images)
     m.predict.observe(seconds)

@@ -99,7 +99,10 @@ class CountRequests:
     """Count /predict responses by status code and time them (Prometheus, see pantheon.serving.metrics)."""
 
     def __init__(self, app: ASGIApp) -> None:
+        from pantheon.serving import metrics
+
         self.app = app
+        metrics.register()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != PREDICT_PATH:
