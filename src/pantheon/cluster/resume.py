@@ -204,6 +204,12 @@ class ExactResume(L.Callback):
         seed_generators(step_seed(self.seed, trainer.global_rank, batches))
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning hands a checkpoint's train-loader state to the loader only if it builds the loader after the
+        # restore. A module that reads trainer.estimated_stepping_batches in configure_optimizers (the diffusion LR
+        # schedule) makes it build the loader before, and the state would be dropped: the resumed epoch would
+        # start its data order from the top. Hand it over here, before the epoch's iterator exists (a no-op when
+        # Lightning did it already: it clears the pending state).
+        trainer.fit_loop._load_combined_loader_states()
         if trainer.ckpt_path:
             in_epoch = trainer.fit_loop.epoch_loop.batch_progress.current.processed
             log.info(
