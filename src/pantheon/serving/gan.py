@@ -76,8 +76,21 @@ def check_onnx(path: Path, module, latent_dim: int) -> float:
     return float(np.abs(onnx_out - eager_out.numpy()).max())
 
 
+def _matches(path: Path, module, latent_dim: int, reasons: list[str]) -> bool:
+    """Whether the ONNX file at path serves what the checkpoint holds; why not goes into reasons."""
+    try:
+        diff = check_onnx(path, module, latent_dim)
+    except Exception as err:  # onnxruntime missing, or refusing the file
+        reasons.append(f"{path}: {type(err).__name__} {(str(err).splitlines() or [''])[0][:160]}")
+        return False
+    if diff > ONNX_TOLERANCE:
+        reasons.append(f"{path} differs from the checkpoint by {diff:.2g}")
+    return diff <= ONNX_TOLERANCE
+
+
 def prepare(ckpt: str, backend: str = "auto", export_dir: str | None = None) -> GanModel:
-    """Open and check the checkpoint, then pick the ONNX file to serve (exporting one if none matches)."""
+    """Open and check the checkpoint, then pick the ONNX file to serve: the run's export when it matches, else a
+    fresh export; the eager module when neither works (an error for backend=onnx)."""
     from pantheon.models.checkpoints import load_module
 
     module = load_module(ckpt, kind="gan")
@@ -85,28 +98,21 @@ def prepare(ckpt: str, backend: str = "auto", export_dir: str | None = None) -> 
     if backend == "eager":
         return GanModel(ckpt, latent_dim, None)
     existing = Path(export_dir or Path(ckpt).resolve().parent.parent / "export") / "generator.onnx"
-    reasons = []
+    reasons = [] if existing.is_file() else [f"no {existing}"]
+    if existing.is_file() and _matches(existing, module, latent_dim, reasons):
+        return GanModel(ckpt, latent_dim, str(existing))
+    fresh = Path(tempfile.mkdtemp(prefix="pantheon-serve-export-"))
+    atexit.register(shutil.rmtree, fresh, True)  # the launching process outlives the worker that reads it
     try:
-        for candidate in [existing] if existing.is_file() else []:
-            if (diff := check_onnx(candidate, module, latent_dim)) <= ONNX_TOLERANCE:
-                return GanModel(ckpt, latent_dim, str(candidate))
-            reasons.append(f"{candidate} differs from the checkpoint by {diff:.2g}")
-        fresh = Path(tempfile.mkdtemp(prefix="pantheon-serve-export-"))
-        atexit.register(shutil.rmtree, fresh, True)  # the launching process outlives the worker that reads it
         with warnings.catch_warnings():  # torch.jit.trace's deprecation notice, for the TorchScript file
             warnings.simplefilter("ignore", FutureWarning)
             module.export(fresh)
-        if (diff := check_onnx(fresh / "generator.onnx", module, latent_dim)) <= ONNX_TOLERANCE:
-            log.warning(
-                "serving a fresh ONNX export of %s from %s (%s)",
-                ckpt,
-                fresh,
-                "; ".join(reasons) or f"no {existing}",
-            )
+    except Exception as err:
+        reasons.append(f"export failed: {type(err).__name__} {(str(err).splitlines() or [''])[0][:160]}")
+    else:
+        if _matches(fresh / "generator.onnx", module, latent_dim, reasons):
+            log.warning("serving a fresh ONNX export of %s from %s (%s)", ckpt, fresh, "; ".join(reasons))
             return GanModel(ckpt, latent_dim, str(fresh / "generator.onnx"))
-        reasons.append(f"the fresh export differs by {diff:.2g}")
-    except Exception as err:  # onnxruntime missing or refusing the file: the eager module still serves
-        reasons.append(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
     if backend == "onnx":
         raise UserError(f"backend=onnx: cannot serve {ckpt} through onnxruntime ({'; '.join(reasons)})")
     log.warning("serving the eager generator of %s: %s", ckpt, "; ".join(reasons))
