@@ -27,11 +27,14 @@ ASSET = Path(__file__).resolve().parents[1] / "assets" / "serving" / "gan_mnist.
 def server(tmp_path_factory):
     """One server for the module; batch_timeout 0.2 s so that concurrent requests surely share a batch."""
     log = tmp_path_factory.mktemp("serve") / "server.log"
+    handle = serving([f"ckpt={ASSET}", "max_batch_size=16", "batch_timeout=0.2", "max_n=32"], log)
     try:
-        with serving([f"ckpt={ASSET}", "max_batch_size=16", "batch_timeout=0.2", "max_n=32"], log) as url:
+        with handle as url:
             yield url
     finally:
         print(log.read_text()[-3000:])
+    # docker stop / kubectl send SIGTERM: the server and its HTTP and worker processes must all exit on it.
+    assert handle.graceful, "SIGTERM did not stop the server and all its processes within 20 s (exit code 0)"
 
 
 def digits_of(reply: dict) -> np.ndarray:

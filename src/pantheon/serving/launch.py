@@ -15,7 +15,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,37 +65,63 @@ def wait_ready(base_url: str, process: subprocess.Popen, timeout: float) -> floa
     raise TimeoutError(f"pantheon.serve was not ready within {timeout:.0f} s")
 
 
-def stop(process: subprocess.Popen, grace: float = 20.0) -> None:
-    """SIGTERM (LitServe's graceful shutdown), then SIGKILL of the whole process group after `grace` seconds."""
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop(process: subprocess.Popen, grace: float = 20.0) -> bool:
+    """SIGTERM (LitServe's graceful shutdown), then SIGKILL of the whole process group after `grace` seconds.
+    True when the server exited by itself with code 0 and took its worker processes with it."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=grace)
+    deadline = time.monotonic() + 5
+    while group_alive(process.pid) and time.monotonic() < deadline:  # workers a moment behind the launcher
+        time.sleep(0.2)
+    graceful = process.poll() == 0 and not group_alive(process.pid)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)  # its own session: only the server and its workers
     process.wait(timeout=10)
+    return graceful
 
 
-@contextlib.contextmanager
-def serving(
-    args: list[str], log_path: Path, ready_timeout: float = 180.0, env: dict[str, str] | None = None
-) -> Iterator[str]:
-    """A running server for `args` (key=value) on a free port; yields its base URL, logs to log_path."""
-    port = free_port()
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "pantheon.serve", *args, f"host={HOST}", f"port={port}"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-            start_new_session=True,
-        )
+class serving:
+    """`with serving(args, log) as url:` a running server for `args` (key=value) on a free 127.0.0.1 port.
+
+    On exit it is stopped; `.graceful` then says whether SIGTERM alone stopped it and all its processes."""
+
+    def __init__(self, args: list[str], log_path: Path, ready_timeout: float = 180.0,
+                 env: dict[str, str] | None = None) -> None:  # fmt: skip
+        self.args, self.log_path, self.ready_timeout, self.env = args, log_path, ready_timeout, env
+        self.graceful: bool | None = None
+
+    def __enter__(self) -> str:
+        port = free_port()
+        self.url = f"http://{HOST}:{port}"
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "pantheon.serve", *self.args, f"host={HOST}", f"port={port}"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **(self.env or {})},
+                start_new_session=True,
+            )
         try:
-            base_url = f"http://{HOST}:{port}"
-            wait_ready(base_url, process, ready_timeout)
-            yield base_url
-        finally:
-            stop(process)
+            wait_ready(self.url, self.process, self.ready_timeout)
+        except BaseException:
+            stop(self.process)
+            raise
+        return self.url
+
+    def __exit__(self, *exc: object) -> None:
+        self.graceful = stop(self.process)
 
 
 def scrape(text: str) -> dict[str, float]:
