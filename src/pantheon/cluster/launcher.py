@@ -6,8 +6,9 @@ submitting) process, each job's own config is composed and checked (pantheon.clu
 allocation must match the trainer, the config must pass the same checks a run does, and the batch sizes
 are printed. A failed check is one line on stderr, exit code 2, and nothing in squeue.
 
-Launch also adds what the plugin's 1.2.0 release lacks: a container around the tasks (slurm.container:
-Apptainer/Singularity `exec --nv` as the python command, pyxis `--container-image` as srun arguments).
+Launch also adds what the plugin's 1.2.0 release lacks: every task starts through slurm/task.sh, the sbatch
+templates' wrapper (rendezvous address, and with slurm.container the container around the task and the requeue
+from outside it: charliecloud, Apptainer/Singularity as the python command, pyxis as srun arguments).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,28 +32,46 @@ from pantheon.utils.errors import USER_ERROR_EXIT_CODE, UserError
 
 log = logging.getLogger(__name__)
 
-CONTAINER_RUNTIMES = ("apptainer", "singularity", "pyxis")
+CONTAINER_RUNTIMES = ("charliecloud", "apptainer", "singularity", "pyxis")
+# Every task of a submitit job starts through the same wrapper as the sbatch templates' (rendezvous address,
+# container, requeue from outside the container): the one copy of that logic, in bash, outside any container.
+TASK_SCRIPT = Path(__file__).resolve().parents[3] / "slurm" / "task.sh"
 
 
-def container_command(container: DictConfig | dict | None, workdir: str) -> tuple[str | None, list[str]]:
-    """(python command, extra srun arguments) that run the tasks inside `container.image`, or (None, [])."""
-    image = (container or {}).get("image")
+def container_command(container: DictConfig | dict | None, workdir: str) -> tuple[str, list[str]]:
+    """(submitit's python command, extra srun arguments) for the tasks: slurm/task.sh around this python, or
+    around the image's `python` inside `container.image` (runtime, binds: slurm/task.sh reads them from the
+    environment set here). The wrapper's own check runs now, so that a missing image or runtime is refused
+    before submission, in one line."""
+    container = container or {}
+    image = container.get("image")
     if not image:
-        return None, []
-    runtime = (container or {}).get("runtime") or "apptainer"
-    if runtime in ("apptainer", "singularity"):
-        # --nv maps the host's NVIDIA driver in; the repo is bound at the same path so configs/ and logs/ work.
-        return (
-            f"{runtime} exec --nv --bind {shlex.quote(workdir)} --pwd {shlex.quote(workdir)} {shlex.quote(image)} python",
-            [],
+        return f"bash {shlex.quote(str(TASK_SCRIPT))} {shlex.quote(sys.executable)}", []
+    runtime = container.get("runtime") or ""
+    if runtime and runtime not in CONTAINER_RUNTIMES:
+        raise UserError(f"slurm.container.runtime={runtime!r} is not one of {'|'.join(CONTAINER_RUNTIMES)}")
+    env = {
+        "PANTHEON_CONTAINER": str(image),
+        "PANTHEON_CONTAINER_RUNTIME": runtime,
+        "PANTHEON_CONTAINER_BINDS": ":".join(str(p) for p in container.get("binds") or []),
+    }
+    try:
+        probe = subprocess.run(
+            ["bash", str(TASK_SCRIPT), "--srun-args"],
+            cwd=workdir,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
-    if runtime == "pyxis":
-        return "python", [
-            f"--container-image={image}",
-            f"--container-mounts={workdir}:{workdir}",
-            f"--container-workdir={workdir}",
-        ]
-    raise UserError(f"slurm.container.runtime={runtime!r} is not one of {'|'.join(CONTAINER_RUNTIMES)}")
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise UserError(f"could not run {TASK_SCRIPT} --srun-args: {err}") from err
+    if probe.returncode != 0:
+        message = (probe.stderr.strip().splitlines() or [f"exit code {probe.returncode}"])[-1]
+        raise UserError(message.removeprefix("error: "))
+    assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+    python = f"env {assignments} bash {shlex.quote(str(TASK_SCRIPT))} python"
+    return python, probe.stdout.split()
 
 
 class _CheckedLauncher(submitit_launcher.BaseSubmititLauncher):
@@ -94,12 +114,16 @@ class _CheckedLauncher(submitit_launcher.BaseSubmititLauncher):
         setup = OmegaConf.select(self.config, "slurm.setup", default=None)
         if setup:
             params["setup"] = [*setup, *(params.get("setup") or [])]
-        container = OmegaConf.select(self.config, "slurm.container", default=None)
-        python, srun_args = container_command(container, os.getcwd())
-        if python:
-            init[f"{self._EXECUTOR}_python"] = python
-        if srun_args:
-            params["srun_args"] = [*(params.get("srun_args") or []), *srun_args]
+        if self._EXECUTOR == "slurm":  # the local executor's tasks are plain processes here
+            container = OmegaConf.select(self.config, "slurm.container", default=None)
+            try:
+                python, srun_args = container_command(container, os.getcwd())
+            except UserError as err:
+                print(f"error: {err}", file=sys.stderr, flush=True)
+                sys.exit(USER_ERROR_EXIT_CODE)
+            init["slurm_python"] = python
+            if srun_args:
+                params["srun_args"] = [*(params.get("srun_args") or []), *srun_args]
         executor = submitit.AutoExecutor(cluster=self._EXECUTOR, **init)
         base_keys = set(OmegaConf.structured(submitit_launcher.BaseQueueConf).keys())
         executor.update_parameters(
