@@ -52,7 +52,8 @@ if (( ${#INDEXES[@]} )); then
   done
   served=$(mktemp -d)
   for dir in "${INDEXES[@]}"; do ln -s "$dir" "$served/$(basename "$dir")"; done
-  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  # A fixed port: the index URLs are a build arg, and a changed build arg invalidates the pip layer's cache.
+  port=${PANTHEON_INDEX_PORT:-38741}
   python3 -m http.server --bind 127.0.0.1 --directory "$served" "$port" >/dev/null 2>&1 &
   server=$!
   trap 'kill "$server" 2>/dev/null; rm -rf "$served"' EXIT
