@@ -7,8 +7,8 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 ARGS    ?=
 DIGIT   ?= 5
-CKPT    ?= $(shell ls -t logs/train/runs/*/checkpoints/last.ckpt 2>/dev/null | head -n 1)
-PIPELINE ?= $(shell ls -td logs/train/runs/*/pipeline 2>/dev/null | head -n 1)
+CKPT    ?= latest
+PIPELINE ?= latest
 PROMPT  ?= a photo of a sunflower
 SHARED_MNIST := ../shared/data/mnist
 TEST_CMD := $(PY) -m pytest -q -m "not integration"
@@ -39,13 +39,13 @@ train-mlp: $(STAMP) ## Train the assignment's MLP GAN
 train-diffusion: $(STAMP) ## Fine-tune the tiny offline text-to-image diffusion model on flowers
 	$(PY) -m pantheon.train experiment=flowers_sd_tiny $(ARGS)
 
-sample: $(STAMP) ## Sample DIGIT (default 5) from the newest GAN checkpoint (or CKPT=path) into digit_$(DIGIT).png
-	$(PY) -m pantheon.sample ckpt=$(CKPT) digit=$(DIGIT) n=64 out=digit_$(DIGIT).png
+sample: $(STAMP) ## Sample DIGIT (default 5) from the newest GAN checkpoint (or CKPT=path) into <its run>/samples/
+	$(PY) -m pantheon.sample ckpt=$(CKPT) digit=$(DIGIT) n=64 $(ARGS)
 
-sample-diffusion: $(STAMP) ## Render PROMPT with the newest exported pipeline (or PIPELINE=dir)
-	$(PY) -m pantheon.sample pipeline=$(PIPELINE) prompt="$(PROMPT)" n=4 out=prompt.png
+sample-diffusion: $(STAMP) ## Render PROMPT with the newest exported pipeline (or PIPELINE=dir) into <its run>/samples/
+	$(PY) -m pantheon.sample pipeline=$(PIPELINE) prompt="$(PROMPT)" n=4 $(ARGS)
 
-export: $(STAMP) ## Export the newest checkpoint (or CKPT=path): TorchScript + ONNX generator
+export: $(STAMP) ## Export the newest checkpoint (or CKPT=path): TorchScript + ONNX generator, or a diffusers pipeline
 	$(PY) -m pantheon.export ckpt=$(CKPT)
 
 test: $(STAMP) ## Run the default test suite (no cluster needed)
@@ -88,7 +88,8 @@ sbatch: $(STAMP) ## Submit with plain sbatch (SCRIPT=slurm/multi_node.sbatch SBA
 	@mkdir -p logs/slurm
 	sbatch $(SBATCH_OPTS) $${SCRIPT:-slurm/multi_node.sbatch} $(ARGS)
 
-consolidate: $(STAMP) ## DeepSpeed checkpoint dir -> one fp32 .ckpt (CKPT=<run>/checkpoints/last.ckpt)
+consolidate: $(STAMP) ## DeepSpeed checkpoint dir -> one fp32 .ckpt (CKPT=<run>/checkpoints/last.ckpt, required)
+	@test "$(CKPT)" != latest || { echo "error: pass CKPT=<run>/checkpoints/last.ckpt (a DeepSpeed checkpoint folder)" >&2; exit 2; }
 	$(PY) -m pantheon.cluster.deepspeed $(CKPT)
 
 clean: ## Remove run outputs (logs/, outputs/, multirun/)
@@ -124,8 +125,10 @@ docker-train: ## Train in the image with docker compose, run dirs to ./logs as y
 	@mkdir -p logs data wandb
 	PANTHEON_IMAGE=$(IMAGE) PANTHEON_UID=$$(id -u) PANTHEON_GID=$$(id -g) $(COMPOSE) run --rm $(COMPOSE_SERVICE) $(ARGS)
 
-docker-test: docker-lint docker-build $(STAMP) ## Build, then smoke-test inside the image (fast-dev-run, sample, export, user, /dev/shm, compose)
-	PANTHEON_TEST_IMAGE=$(IMAGE) $(PY) -m pytest -q -m integration tests/integration/test_container_image.py $(ARGS)
+docker-test: docker-lint docker-build docker-build-serve $(STAMP) ## Build both images, then smoke-test inside them (train: fast-dev-run, sample, export, user, /dev/shm, compose; serve: health, HTTP)
+	@command -v docker-compose >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-compose >/dev/null
+	PANTHEON_TEST_IMAGE=$(IMAGE) PANTHEON_TEST_SERVE_IMAGE=$(SERVE_IMAGE) $(PY) -m pytest -q -m integration \
+	  tests/integration/test_container_image.py tests/integration/test_serving_image.py $(ARGS)
 
 image-sqfs: docker-build ## The cluster image: IMAGE as one SquashFS file for ch-run (SQFS=/var/cache/pantheon/images/pantheon.sqfs)
 	@command -v ch-convert >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q charliecloud squashfs-tools squashfuse >/dev/null
@@ -136,10 +139,8 @@ test-container: image-sqfs $(STAMP) ## The SLURM jobs inside the SquashFS image 
 
 # --- serving (docs/serving.md) ---
 .PHONY: serve bench-serve
-SERVE_CKPT ?= $(or $(CKPT),tests/assets/serving/gan_mnist.ckpt)
-
-serve: $(STAMP) ## Serve the newest GAN checkpoint (or CKPT=; ARGS="pipeline=<run>/pipeline" for diffusion) on 127.0.0.1:8000
-	$(PY) -m pantheon.serve $(if $(findstring pipeline=,$(ARGS)),,ckpt=$(SERVE_CKPT)) $(ARGS)
+serve: $(STAMP) ## Serve the newest GAN checkpoint (or CKPT=; ARGS="pipeline=latest" for diffusion) on 127.0.0.1:8000
+	$(PY) -m pantheon.serve $(if $(findstring pipeline=,$(ARGS)),,ckpt=$(CKPT)) $(ARGS)
 
 bench-serve: $(STAMP) ## Bounded load test on 127.0.0.1: req/s and p50/p99, batching off vs on, concurrency 1/8/32
 	$(PY) scripts/bench_serve.py $(ARGS)

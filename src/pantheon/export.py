@@ -1,4 +1,4 @@
-"""Export a trained model for stock tools: `python -m pantheon.export ckpt=<path> [out=<dir>]`.
+"""Export a trained model for stock tools: `python -m pantheon.export ckpt=<path>|latest [out=<dir>]`.
 
 A GAN checkpoint becomes generator.torchscript.pt + generator.onnx; a diffusion checkpoint becomes a
 diffusers pipeline folder (`StableDiffusionPipeline.from_pretrained(out)`).
@@ -6,33 +6,33 @@ diffusers pipeline folder (`StableDiffusionPipeline.from_pretrained(out)`).
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-
-from pantheon.models.checkpoints import load_module
-from pantheon.utils.errors import UserError, exit_on_user_error
+from pantheon.utils.cli import argv_or, parse_key_values
+from pantheon.utils.errors import exit_on_user_error
+from pantheon.utils.runs import LATEST, latest_checkpoint, run_dir_of
 
 
 @dataclass
 class ExportConfig:
-    ckpt: str = "???"
-    out: str | None = None  # default: <run dir>/export next to the checkpoints folder
+    ckpt: str = "???"  # a training checkpoint, or `latest` (the newest pantheon checkpoint under logs/)
+    out: str | None = None  # the output folder (default: <run dir>/export next to the checkpoints folder)
 
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> list[Path]:
-    try:
-        cfg = OmegaConf.merge(
-            OmegaConf.structured(ExportConfig), OmegaConf.from_dotlist(sys.argv[1:] if argv is None else argv)
-        )
-        ckpt, out = cfg.ckpt, cfg.out
-    except OmegaConfBaseException as err:
-        raise UserError(f"bad argument ({str(err).splitlines()[0]}); usage: ckpt=<path> [out=<dir>]") from err
-    out_dir = Path(out) if out else Path(ckpt).resolve().parent.parent / "export"
+    cfg = parse_key_values(
+        argv_or(argv), ExportConfig, prog="pantheon.export", summary=__doc__.split("\n\n")[1]
+    )
+    ckpt, out = cfg.ckpt, cfg.out
+    if ckpt == LATEST:
+        ckpt = str(latest_checkpoint())
+        print(f"ckpt=latest: {ckpt}")
+    out_dir = Path(out) if out else run_dir_of(Path(ckpt)) / "export"
+    # torch and the models load only after the arguments are checked
+    from pantheon.models.checkpoints import load_module
+
     module = load_module(ckpt)
     paths = module.export(out_dir)
     for path in paths:

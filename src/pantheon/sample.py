@@ -1,50 +1,52 @@
 """Sample a trained model: digits from a GAN checkpoint, images from a diffusers pipeline.
 
 python -m pantheon.sample ckpt=<run>/checkpoints/last.ckpt digit=5 n=64 out=five.png   # or out=five.npy
+python -m pantheon.sample ckpt=latest digit=5        # the newest GAN checkpoint -> <its run>/samples/digit_5.png
 python -m pantheon.sample pipeline=<run>/pipeline prompt="a photo of a sunflower" n=4 out=sunflowers.png
+python -m pantheon.sample --help                     # every key, one line each
 """
 
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from torchvision.io import write_png
 from torchvision.utils import make_grid
 
+from pantheon.utils.cli import argv_or, parse_key_values
 from pantheon.utils.errors import UserError, exit_on_user_error
+from pantheon.utils.runs import resolve_latest, run_dir_of
 
 
 @dataclass
 class SampleConfig:
-    ckpt: str | None = None  # GAN: a training checkpoint
+    ckpt: str | None = None  # GAN: a training checkpoint, or `latest` (the newest GAN checkpoint under logs/)
     digit: int | None = None  # GAN: which digit, 0-9
-    pipeline: str | None = None  # diffusion: a diffusers pipeline folder
+    pipeline: str | None = None  # diffusion: a diffusers pipeline folder, or `latest` (newest under logs/)
     prompt: str | None = None  # diffusion: the text to draw
-    n: int = 64
-    out: str = "samples.png"
-    seed: int = 0
+    n: int = 64  # how many images
+    out: str | None = None  # a .png grid or .npy array (default: <run>/samples/digit_<d>.png or prompt.png)
+    seed: int = 0  # the noise seed
     steps: int = 30  # diffusion: denoising steps
     guidance_scale: float = 7.5  # diffusion: classifier-free guidance
     size: int | None = None  # diffusion: image side in pixels (default: the pipeline's)
-    device: str = "auto"
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda
 
 
 def parse_args(argv: list[str]) -> SampleConfig:
     """key=value arguments on top of SampleConfig; unknown keys and bad values are one-line errors."""
-    try:
-        cfg = OmegaConf.merge(OmegaConf.structured(SampleConfig), OmegaConf.from_dotlist(argv))
-        return OmegaConf.to_object(cfg)
-    except OmegaConfBaseException as err:
-        raise UserError(
-            f"bad argument ({str(err).splitlines()[0]}); valid keys: {', '.join(SampleConfig.__dataclass_fields__)}"
-        ) from err
+    return parse_key_values(argv, SampleConfig, prog="pantheon.sample", summary=__doc__.splitlines()[0])
+
+
+def default_out(cfg: SampleConfig) -> Path:
+    """Samples go into the run they came from, never into the working directory."""
+    if cfg.ckpt:
+        return run_dir_of(Path(cfg.ckpt)) / "samples" / f"digit_{cfg.digit}.png"
+    return Path(cfg.pipeline).resolve().parent / "samples" / "prompt.png"
 
 
 def pick_device(device: str) -> torch.device:
@@ -91,14 +93,15 @@ def sample_prompt(cfg: SampleConfig) -> torch.Tensor:
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> Path:
-    cfg = parse_args(sys.argv[1:] if argv is None else argv)
-    out = Path(cfg.out)
+    cfg = parse_args(argv_or(argv))
+    resolve_latest(cfg)
+    if bool(cfg.ckpt) == bool(cfg.pipeline):
+        raise UserError("pass exactly one of ckpt=<GAN checkpoint> or pipeline=<diffusers folder> (--help)")
+    out = Path(cfg.out) if cfg.out else default_out(cfg)
     if out.suffix not in (".png", ".npy"):
-        raise UserError(f"out={cfg.out}: write a .png grid or a .npy array")
+        raise UserError(f"out={out}: write a .png grid or a .npy array (out=<name>.png or .npy)")
     if cfg.n < 1:
         raise UserError(f"n={cfg.n}: ask for at least one image")
-    if bool(cfg.ckpt) == bool(cfg.pipeline):
-        raise UserError("pass exactly one of ckpt=<GAN checkpoint> or pipeline=<diffusers folder>")
     images = sample_digits(cfg) if cfg.ckpt else sample_prompt(cfg)
     save_images(images, out)
     print(f"wrote {len(images)} images to {out}")

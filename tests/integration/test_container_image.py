@@ -52,7 +52,9 @@ def docker(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
 
 
 def test_image_user_init_and_labels() -> None:
-    out = docker([*RUN, "--entrypoint", "bash", IMAGE, "-c", "id -u; id -un; echo $HOME; readlink /proc/1/exe"])
+    out = docker(
+        [*RUN, "--entrypoint", "bash", IMAGE, "-c", "id -u; id -un; echo $HOME; readlink /proc/1/exe"]
+    )
     uid, name, home, init = out.stdout.split()
     assert int(uid) != 0 and name == "pantheon", "the image's default user is not root"
     assert home == "/home/pantheon"
@@ -66,7 +68,9 @@ def test_image_user_init_and_labels() -> None:
 
 
 def test_gan_fast_dev_run() -> None:
-    out = docker([*RUN, "--shm-size", "1g", IMAGE, "+trainer.fast_dev_run=true", "logger=csv", "data.batch_size=16"])
+    out = docker(
+        [*RUN, "--shm-size", "1g", IMAGE, "+trainer.fast_dev_run=true", "logger=csv", "data.batch_size=16"]
+    )
     assert "Running in `fast_dev_run` mode" in out.stdout + out.stderr
 
 
@@ -91,7 +95,7 @@ def compose_run(tmp_path_factory) -> dict:
         "WANDB_API_KEY": "dummy-secret-" + uuid.uuid4().hex,  # passed through, never printed
     }
     compose = ["docker-compose", "-f", "docker/compose.yaml", "--project-name", f"pantheon-test-{tmp.name}"]
-    script = "id -u; df -m /dev/shm | tail -n 1; test -n \"$WANDB_API_KEY\" && echo key-passed; " + " ".join(
+    script = 'id -u; df -m /dev/shm | tail -n 1; test -n "$WANDB_API_KEY" && echo key-passed; ' + " ".join(
         ["python -m pantheon.train", *SHORT]
     )
     result = sh(
@@ -123,7 +127,19 @@ def test_sample_and_export_in_the_image(compose_run) -> None:
     inside = "/app/logs/" + str(ckpt.relative_to(tmp / "logs"))
     mount = ["-u", f"{HOST_UID}:{HOST_UID}", "-v", f"{tmp / 'logs'}:/app/logs"]
     python = ["--entrypoint", "python", IMAGE]
-    docker([*RUN, *mount, *python, "-m", "pantheon.sample", f"ckpt={inside}", "digit=5", "n=16", "out=/app/logs/five.png"])
+    docker(
+        [
+            *RUN,
+            *mount,
+            *python,
+            "-m",
+            "pantheon.sample",
+            f"ckpt={inside}",
+            "digit=5",
+            "n=16",
+            "out=/app/logs/five.png",
+        ]
+    )
     assert (tmp / "logs" / "five.png").stat().st_size > 0
     docker([*RUN, *mount, *python, "-m", "pantheon.export", f"ckpt={inside}"])
     exported = {p.name for p in ckpt.parents[1].glob("export/*")}
@@ -136,9 +152,22 @@ def test_sigusr1_reaches_python_through_the_init(tmp_path: Path) -> None:
     logs = tmp_path / "logs"
     logs.mkdir()
     os.chown(logs, HOST_UID, HOST_UID)
-    args = [DOCKER, "run", "--name", name, "--network", "host", "-u", f"{HOST_UID}:{HOST_UID}", "-e", "PANTHEON_OFFLINE=1"]
+    args = [
+        DOCKER,
+        "run",
+        "--name",
+        name,
+        "--network",
+        "host",
+        "-u",
+        f"{HOST_UID}:{HOST_UID}",
+        "-e",
+        "PANTHEON_OFFLINE=1",
+    ]
     args += ["-v", f"{logs}:/app/logs", IMAGE, "debug=bare", "trainer.max_epochs=50"]
-    proc = subprocess.Popen(["timeout", "300", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        ["timeout", "300", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         deadline = time.monotonic() + 240
         while not list(logs.glob("train/runs/*/csv/version_0/metrics.csv")) and time.monotonic() < deadline:

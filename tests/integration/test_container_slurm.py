@@ -122,7 +122,9 @@ def test_preempted_job_in_the_container_requeues_from_outside(
     assert all(w["global_step"] == FINAL_STEP for w in preempted)
     reference = uninterrupted_gan["weights"]
     assert_same_weights(preempted[0], reference[0], "rank 0 of the preempted run vs the uninterrupted run")
-    assert_same_weights(preempted[1], reference[1], "rank 1, preempted vs uninterrupted", parameters_only=True)
+    assert_same_weights(
+        preempted[1], reference[1], "rank 1, preempted vs uninterrupted", parameters_only=True
+    )
 
 
 def test_submitit_launch_with_a_container(tmp_path: Path, job_name: str) -> None:

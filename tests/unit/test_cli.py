@@ -128,3 +128,44 @@ def test_train_cli_bad_input_fails_clearly(tmp_path: Path, overrides: list[str],
     assert result.returncode != 0
     assert message in result.stderr
     assert "abc123" not in result.stdout + result.stderr
+
+
+def test_latest_picks_the_newest_gan_checkpoint_and_samples_into_its_run(
+    gan_checkpoint: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """`make sample` after `make train-diffusion`: ckpt=latest skips the newer diffusion checkpoint and a
+    corrupt file, and the grid lands in the GAN run's samples/, not in the working directory."""
+    import os
+    import shutil
+
+    runs = tmp_path / "logs" / "train" / "runs"
+    gan = runs / "gan" / "checkpoints" / "last.ckpt"
+    gan.parent.mkdir(parents=True)
+    shutil.copy(gan_checkpoint, gan)
+    newer = runs / "diffusion" / "checkpoints" / "last.ckpt"
+    newer.parent.mkdir(parents=True)
+    torch.save({"pantheon": {"class_path": "x.Diffusion", "kind": "diffusion"}}, newer)
+    (runs / "diffusion" / "checkpoints" / "broken.ckpt").write_bytes(b"not a checkpoint")
+    for i, path in enumerate([gan, newer, runs / "diffusion" / "checkpoints" / "broken.ckpt"]):
+        os.utime(path, (1_000 + i, 1_000 + i))
+    monkeypatch.setenv("PANTHEON_ROOT", str(tmp_path))
+    out = sample.main(["ckpt=latest", "digit=5", "n=4"])
+    assert out == runs / "gan" / "samples" / "digit_5.png" and out.is_file()
+    assert f"ckpt=latest: {gan}" in capsys.readouterr().out
+
+    monkeypatch.setenv("PANTHEON_ROOT", str(tmp_path / "empty"))
+    with pytest.raises(SystemExit) as exit_info:
+        sample.main(["ckpt=latest", "digit=5"])
+    assert exit_info.value.code == 2
+    assert "no gan checkpoint under" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("entry", [sample, export])
+def test_help_lists_every_key(entry, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        entry.main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: python -m pantheon.")
+    for key in ("ckpt", "out"):
+        assert f"\n  {key} " in text

@@ -3,7 +3,9 @@ and in-job checks, the launcher configs, container commands, the resumable sampl
 
 from __future__ import annotations
 
+import shutil
 import signal
+import sys
 from pathlib import Path
 
 import hydra
@@ -16,7 +18,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
 from pantheon.cluster import environment, preemption, preflight
-from pantheon.cluster.launcher import container_command
+from pantheon.cluster.launcher import TASK_SCRIPT, container_command
 from pantheon.cluster.resume import (
     ResumableDataLoader,
     ResumableSampler,
@@ -295,20 +297,34 @@ def test_submitit_local_config() -> None:
     assert cfg.hydra.launcher.tasks_per_node == 1
 
 
-def test_container_commands() -> None:
-    assert container_command(None, "/repo") == (None, [])
-    assert container_command({"image": None, "runtime": "apptainer"}, "/repo") == (None, [])
-    python, srun_args = container_command({"image": "/img/p.sif", "runtime": "apptainer"}, "/repo")
-    assert python == "apptainer exec --nv --bind /repo --pwd /repo /img/p.sif python" and srun_args == []
-    python, srun_args = container_command({"image": "nvcr.io#pantheon:1", "runtime": "pyxis"}, "/repo")
-    assert python == "python"
+def test_container_commands(monkeypatch, tmp_path: Path) -> None:
+    """Every task starts through slurm/task.sh: on the host around this python, in a container around the
+    image's python (runtime and image passed in the environment), pyxis through srun arguments; a setting
+    the wrapper cannot use is refused before submission, in one line."""
+    host = f"bash {TASK_SCRIPT} {sys.executable}"
+    assert container_command(None, "/repo") == (host, [])
+    assert container_command({"image": None, "runtime": "apptainer"}, "/repo") == (host, [])
+    python, srun_args = container_command({"image": "nvcr.io#pantheon:1", "runtime": "pyxis"}, str(tmp_path))
+    assert python == (
+        f"env PANTHEON_CONTAINER='nvcr.io#pantheon:1' PANTHEON_CONTAINER_RUNTIME=pyxis PANTHEON_CONTAINER_BINDS='' "
+        f"bash {TASK_SCRIPT} python"
+    )
     assert srun_args == [
         "--container-image=nvcr.io#pantheon:1",
-        "--container-mounts=/repo:/repo",
-        "--container-workdir=/repo",
+        f"--container-mounts={tmp_path}:{tmp_path}",
+        f"--container-workdir={tmp_path}",
     ]
     with pytest.raises(UserError, match=r"apptainer\|singularity\|pyxis"):
         container_command({"image": "x", "runtime": "docker"}, "/repo")
+    # a PATH with bash only: no ch-run, no apptainer; the wrapper names what is missing
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    (bare / "bash").symlink_to(shutil.which("bash"))
+    monkeypatch.setenv("PATH", str(bare))
+    with pytest.raises(UserError, match="apptainer is not installed"):
+        container_command({"image": "/img/p.sif", "runtime": "apptainer"}, str(tmp_path))
+    with pytest.raises(UserError, match="ch-run is not installed"):
+        container_command({"image": "/img/p.sqfs"}, str(tmp_path))
 
 
 # --- requeue and resume plumbing ---

@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-
+from pantheon.utils.cli import parse_key_values
 from pantheon.utils.errors import UserError, require_choice
+from pantheon.utils.runs import resolve_latest
 
 HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServe binds to
 BACKENDS = ("auto", "onnx", "eager")
@@ -18,8 +17,8 @@ DEFAULT_MAX_N = {"gan": 64, "diffusion": 4}
 
 @dataclass
 class ServeConfig:
-    ckpt: str | None = None  # GAN: a training checkpoint
-    pipeline: str | None = None  # diffusion: a diffusers pipeline folder
+    ckpt: str | None = None  # GAN: a training checkpoint, or `latest` (the newest GAN checkpoint under logs/)
+    pipeline: str | None = None  # diffusion: a diffusers pipeline folder, or `latest` (newest under logs/)
     host: str = "127.0.0.1"  # 0.0.0.0 in a container
     port: int = 8000
     # requests per model call; 1 = no batching (default: gan 32, diffusion 4)
@@ -50,15 +49,11 @@ class ServeConfig:
 
 
 def parse_args(argv: list[str]) -> ServeConfig:
-    """key=value arguments on top of ServeConfig; unknown keys and bad values are one-line errors."""
-    try:
-        cfg = OmegaConf.to_object(
-            OmegaConf.merge(OmegaConf.structured(ServeConfig), OmegaConf.from_dotlist(argv))
-        )
-    except OmegaConfBaseException as err:
-        raise UserError(
-            f"bad argument ({str(err).splitlines()[0]}); valid keys: {', '.join(ServeConfig.__dataclass_fields__)}"
-        ) from err
+    """key=value arguments on top of ServeConfig (`--help` lists them); bad keys and values are one line."""
+    cfg = parse_key_values(
+        argv, ServeConfig, prog="pantheon.serve", summary="Serve a trained model over HTTP."
+    )
+    resolve_latest(cfg)
     check(cfg)
     return cfg
 
