@@ -126,28 +126,6 @@ def test_lightning_environment_has_auto_requeue_off_under_srun(no_slurm) -> None
     assert isinstance(env, SLURMEnvironment) and env.auto_requeue is False
 
 
-def test_main_address_falls_back_to_the_node_address(no_slurm, monkeypatch) -> None:
-    """The dev cluster's node names resolve only through SLURM (NodeAddr); real clusters' names resolve."""
-    monkeypatch.setattr(environment, "first_node", lambda nodelist: "n1")
-
-    def fake_scontrol(args, **kwargs):
-        class Done:
-            stdout = "NodeName=n1 Arch=x86_64 CoresPerSocket=1\n   NodeAddr=127.0.0.1 NodeHostName=vm Version=22.05\n"
-
-        return Done()
-
-    monkeypatch.setattr(
-        environment.socket, "gethostbyname", lambda name: (_ for _ in ()).throw(OSError(name))
-    )
-    monkeypatch.setattr(environment.subprocess, "run", fake_scontrol)
-    no_slurm.setenv("SLURM_STEP_ID", "0")
-    no_slurm.setenv("SLURM_STEP_NODELIST", "n[1-2]")
-    environment.export_main_address()
-    import os
-
-    assert os.environ["MASTER_ADDR"] == "127.0.0.1"
-
-
 # --- preflight: strategies, allocation, in-job layout ---
 
 

@@ -1,6 +1,6 @@
 """The one place for cluster concerns: environment (ranks, job ids), run directories, requeue, pre-submit checks.
 
-environment    ranks, job ids, run directory names, MASTER_ADDR, Lightning's SLURM environment (auto-requeue off)
+environment    ranks, job ids, run directory names, Lightning's SLURM environment (auto-requeue off)
 preemption     SLURM's warning signal -> every rank saves last.ckpt atomically at a batch boundary -> requeue
                (the one mechanism, explained in its docstring)
 resume         which checkpoint to resume from, and resuming exactly: data order mid-epoch, per-batch reseeding

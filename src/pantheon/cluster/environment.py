@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
-import subprocess
 from datetime import datetime
 
 from lightning.pytorch.plugins.environments import SLURMEnvironment
@@ -76,49 +74,6 @@ def srun_layout() -> tuple[int, list[int]] | None:
     return nodes, parse_tasks_per_node(spec)
 
 
-def first_node(nodelist: str) -> str:
-    """The first host of a SLURM node list ('n[1-2]' -> 'n1'), as `scontrol show hostnames` prints it."""
-    try:
-        out = subprocess.run(
-            ["scontrol", "show", "hostnames", nodelist],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        ).stdout
-        return out.split()[0]
-    except (OSError, subprocess.SubprocessError, IndexError):
-        return SLURMEnvironment.resolve_root_node_address(nodelist)
-
-
-def node_address(node: str) -> str:
-    """An address other nodes can reach `node` at: its name when DNS knows it, else SLURM's NodeAddr
-    (the local dev cluster's n1/n2 are names only SLURM knows; they live at 127.0.0.1)."""
-    try:
-        socket.gethostbyname(node)
-        return node
-    except OSError:
-        pass
-    try:
-        out = subprocess.run(
-            ["scontrol", "show", "node", node], capture_output=True, text=True, timeout=30, check=True
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return node
-    match = re.search(r"NodeAddr=(\S+)", out)
-    return match.group(1) if match else node
-
-
-def export_main_address() -> None:
-    """Set MASTER_ADDR for a multi-node srun step that lacks it (submitit's jobs; the sbatch templates export
-    their own). Lightning would take the first node's name, which need not resolve."""
-    if "MASTER_ADDR" in os.environ or not in_srun_step():
-        return
-    nodelist = os.environ.get("SLURM_STEP_NODELIST") or os.environ.get("SLURM_JOB_NODELIST")
-    if nodelist:
-        os.environ["MASTER_ADDR"] = node_address(first_node(nodelist))
-
-
 def lightning_cluster_environment() -> list[SLURMEnvironment]:
     """Lightning's SLURM environment (ranks from srun) with its auto-requeue switched off, when Lightning
     would pick SLURM at all: requeueing is pantheon.cluster.preemption's job, and two handlers of one signal
@@ -126,5 +81,6 @@ def lightning_cluster_environment() -> list[SLURMEnvironment]:
     # SLURMEnvironment.detect()'s rule, without its "srun is available but not used" warning.
     if "SLURM_NTASKS" not in os.environ or os.environ.get("SLURM_JOB_NAME") in ("bash", "interactive"):
         return []
-    export_main_address()
+    # MASTER_ADDR: slurm/task.sh, the wrapper of every task, exports it (NodeAddr where DNS does not know the
+    # node); without it, Lightning takes the first node's name from SLURM_NODELIST.
     return [SLURMEnvironment(auto_requeue=False)]
