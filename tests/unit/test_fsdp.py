@@ -47,6 +47,64 @@ def test_fsdp_preset_composes_to_pantheons_strategy() -> None:
     assert cfg.trainer.strategy.sharding_strategy == "SHARD_GRAD_OP" and cfg.trainer.precision == "bf16-mixed"
 
 
+def _tiny_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    return torch.randn(2, 8, 4, generator=generator), torch.randn(2, 8, 3, generator=generator)
+
+
+def _full_optim_state_on_rank(rank: int, world: int, init_file: str, out: str) -> None:
+    """One of two gloo ranks: SHARD_GRAD_OP on a tiny model, two AdamW steps on this rank's half of a batch,
+    then the full optimizer state dict as pantheon's FSDPStrategy saves it on CPU (rank 0 writes it)."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from torch.distributed.fsdp import ShardingStrategy
+
+    from pantheon.scaling.fsdp import full_optim_state_dict
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = FSDP(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 3)), device_id=torch.device("cpu"),
+                 sharding_strategy=ShardingStrategy.SHARD_GRAD_OP, use_orig_params=True)  # fmt: skip
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    x, y = _tiny_batch()
+    for _ in range(2):
+        torch.nn.functional.mse_loss(model(x[rank]), y[rank]).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    state = full_optim_state_dict(model, optimizer, rank)
+    if rank == 0:
+        torch.save(state, out)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_full_optimizer_state_on_cpu_keeps_every_state(tmp_path: Path) -> None:
+    """On a CPU compute device FSDP's offloading `.cpu()` copies nothing, and the states it gathers through one
+    reused buffer all came out as the last one (exp_avg == exp_avg_sq): resumed runs diverged. The saved full
+    state must equal the optimizer state of the same training without FSDP (gradients averaged over ranks)."""
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "optim.pt"
+    mp.spawn(_full_optim_state_on_rank, args=(2, str(tmp_path / "init"), str(out)), nprocs=2)
+    state = torch.load(out, weights_only=False)["state"]
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 3))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    x, y = _tiny_batch()
+    for _ in range(2):
+        torch.nn.functional.mse_loss(model(x.reshape(16, 4)), y.reshape(16, 3)).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    expected = optimizer.state_dict()["state"]
+    assert state.keys() == expected.keys()
+    for i, s in state.items():
+        shared = s["exp_avg"].untyped_storage().data_ptr() == s["exp_avg_sq"].untyped_storage().data_ptr()
+        assert not shared, f"param {i}: exp_avg and exp_avg_sq are one tensor"
+        for name in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(s[name], expected[i][name], msg=f"param {i} {name}")
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not EXPERIMENT.is_file(), reason="flowers_sd_tiny is not in configs")
 def test_fsdp_preempt_resume_is_exact_ema_and_export(tmp_path: Path) -> None:

@@ -9,6 +9,8 @@
 3. It runs on CPU processes with gloo (`trainer=fsdp_cpu`): Lightning's accelerator connector refuses
    `type(strategy) is FSDPStrategy` without a GPU, but torch's FSDP itself supports CPU (device_id=None),
    which Lightning's strategy already passes. Subclassing is what lifts that one check.
+4. On CPU, the full optimizer state dict (state_dict_type: full) is gathered without FSDP's CPU offload, which
+   there would alias every state to one reused buffer (`full_optim_state_dict`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import functools
 
 import torch
+from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.strategies import FSDPStrategy as LightningFSDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 
@@ -67,6 +70,36 @@ def unwrap_fsdp(root: torch.nn.Module, module: torch.nn.Module) -> None:
         owner.register_parameter(leaf, torch.nn.Parameter(value, requires_grad=param.requires_grad))
 
 
+def full_optim_state_dict(model: torch.nn.Module, optimizer: torch.optim.Optimizer, rank: int) -> dict:
+    """The optimizer's full (unsharded) state dict keyed by parameter id, on rank 0 (call on every rank), as
+    Lightning's FSDPStrategy saves it, except that on a CPU compute device it asks FSDP not to offload to CPU.
+
+    FSDP gathers each state (Adam's exp_avg, then exp_avg_sq) of a flat parameter into one buffer it reuses for
+    the next state, and relies on the copy that either offloading (`.cpu()`) or, without offloading, a clone
+    makes. With the buffer already on the CPU, `.cpu()` copies nothing: every state then aliases the buffer and
+    ends up holding the last state gathered (exp_avg == exp_avg_sq, one storage), so a resumed run restarts with
+    a wrong first moment. Without offloading FSDP clones; the states are on the CPU either way."""
+    from torch.distributed.fsdp import (
+        FullOptimStateDictConfig,
+        FullStateDictConfig,
+        OptimStateKeyType,
+        StateDictType,
+    )
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    offload = torch.device(model.compute_device).type != "cpu"
+    with FSDP.state_dict_type(
+        model,
+        StateDictType.FULL_STATE_DICT,
+        FullStateDictConfig(offload_to_cpu=True, rank0_only=True),
+        FullOptimStateDictConfig(offload_to_cpu=offload, rank0_only=True),
+    ):
+        state = FSDP.optim_state_dict(model, optimizer)
+        if rank == 0:  # the standard format, as Lightning stores it (its load_checkpoint rekeys it back)
+            state = FSDP.rekey_optim_state_dict(state, OptimStateKeyType.PARAM_ID, model)
+    return state
+
+
 class FSDPStrategy(LightningFSDPStrategy):
     """Lightning's FSDPStrategy; on CPU wrapped with device_id=cpu, and unwrapped with full weights after fit."""
 
@@ -83,6 +116,13 @@ class FSDPStrategy(LightningFSDPStrategy):
         model = super()._setup_model(model)
         self.precision_plugin.clip_grad_by_norm = functools.partial(clip_grad_norm, model)
         return model
+
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict:
+        if self._state_dict_type != "full" or self.root_device.type != "cpu":
+            return super().optimizer_state(optimizer)
+        if isinstance(optimizer, LightningOptimizer):
+            optimizer = optimizer._optimizer
+        return full_optim_state_dict(self.model, optimizer, self.global_rank)
 
     def teardown(self) -> None:
         module = self.lightning_module
