@@ -28,8 +28,8 @@ fi
 
 if [[ ! -s $TARBALL ]]; then
   [[ $(id -u) -eq 0 ]] || die "making the base rootfs needs root (debootstrap): run it with sudo, or pass BASE_IMAGE=<an image you have>"
-  command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >/dev/null ||
-    die "debootstrap is missing and \`apt-get install debootstrap\` failed"
+  command -v debootstrap >/dev/null || bash "$(dirname "${BASH_SOURCE[0]}")/../scripts/apt-ensure.sh" debootstrap ||
+    die "debootstrap is missing and could not be installed (apt-get install debootstrap)"
   rootfs=$(mktemp -d)
   trap 'rm -rf "$rootfs" "$TARBALL.tmp"' EXIT
   echo "base-image: debootstrap bookworm (minbase) from $MIRROR" >&2

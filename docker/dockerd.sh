@@ -42,11 +42,8 @@ up() {
   if [[ $(id -u) -ne 0 ]]; then
     die "no Docker daemon answers and starting one needs root: run \`sudo docker/dockerd.sh up\`, or start your own (systemctl start docker) and add yourself to the docker group"
   fi
-  if ! command -v dockerd >/dev/null; then
-    echo "dockerd: installing docker.io (Debian)"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io >/dev/null ||
-      die "dockerd is not installed and \`apt-get install docker.io\` failed"
-  fi
+  command -v dockerd >/dev/null || bash "$(dirname "${BASH_SOURCE[0]}")/../scripts/apt-ensure.sh" docker.io ||
+    die "dockerd is not installed and could not be installed (apt-get install docker.io)"
   mkdir -p "$ROOT" "$STATE"
   # setsid: the daemon must outlive the shell that started it (make, a CI phase).
   setsid dockerd --data-root "$ROOT" --pidfile "$PIDFILE" --exec-root "$STATE/exec" \

@@ -67,38 +67,9 @@ DBD_CONF="$RUN/slurmdbd.conf" # slurmdbd looks for it next to $SLURM_CONF
 export SLURM_CONF="$CONF"
 
 # ------------------------------------------------------------------------------------- install packages
-pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 PKGS=(slurm-wlm munge)
 [[ $ACCOUNTING == 1 ]] && PKGS+=(slurmdbd mariadb-server)
-MISSING=()
-for p in "${PKGS[@]}"; do pkg_installed "$p" || MISSING+=("$p"); done
-if (( ${#MISSING[@]} )); then
-  log "installing ${MISSING[*]} with apt-get ..."
-  # Without systemd, the packages' postinst would start the system munge/slurm/mariadb services via
-  # invoke-rc.d, which would then fight ours for ports and sockets. A policy-rc.d that answers 101 stops that.
-  POLICY=/usr/sbin/policy-rc.d
-  ADDED_POLICY=0
-  if [[ ! -e $POLICY ]]; then
-    printf '#!/bin/sh\nexit 101\n' >"$POLICY" && chmod 755 "$POLICY" && ADDED_POLICY=1
-  fi
-  apt_install() {
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-      -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "${MISSING[@]}"
-  }
-  APT_LOG="$(mktemp)"
-  if ! apt_install >"$APT_LOG" 2>&1; then
-    log "apt-get install failed; running apt-get update and retrying"
-    DEBIAN_FRONTEND=noninteractive apt-get update -q >>"$APT_LOG" 2>&1 || true
-    if ! apt_install >>"$APT_LOG" 2>&1; then
-      (( ADDED_POLICY )) && rm -f "$POLICY"
-      tail -n 20 "$APT_LOG" >&2
-      die "apt-get install ${MISSING[*]} failed (full log: $APT_LOG)"
-    fi
-  fi
-  (( ADDED_POLICY )) && rm -f "$POLICY"
-  rm -f "$APT_LOG"
-  log "installed ${MISSING[*]} ($(elapsed) s)"
-fi
+bash "$(dirname "${BASH_SOURCE[0]}")/../scripts/apt-ensure.sh" "${PKGS[@]}" || die "could not install ${PKGS[*]}"
 
 # ------------------------------------------------------------------------------------------- helpers
 # alive NAME PIDFILE: the pid file names a live process whose command is NAME (guards against pid reuse).
