@@ -97,9 +97,12 @@ case "$RUNTIME" in
     command+=("$IMAGE") ;;
 esac
 
-# The warning signal reaches every process of the step; this shell only has to survive it (the trap is not
-# inherited: the task in the container still gets SLURM's signal with its default disposition).
-trap ':' USR1 USR2
+# The warning signal reaches every process of the step. This shell only has to survive it: a trap, which the
+# task does not inherit. ch-run with a SquashFS image stays the parent of the task, serving its FUSE mount, and
+# USR1's default action would kill it and the task's filesystem with it: there the signals are ignored instead,
+# which the task inherits until Python installs pantheon's handler at the top of train() (a warning that comes
+# before that is lost; the job then ends at its time limit as it would without the warning).
+if [[ $RUNTIME == charliecloud ]]; then trap '' USR1 USR2; else trap ':' USR1 USR2; fi
 "${command[@]}" "$@"
 rc=$?
 if [[ $REQUEUE_CODES == *" $rc "* && -n ${SLURM_JOB_ID:-} ]]; then

@@ -142,3 +142,66 @@ def assert_same_weights(a: dict, b: dict, what: str, parameters_only: bool = Fal
     assert names, f"{what}: nothing to compare"
     different = [k for k in names if not torch.equal(a["state_dict"][k], b["state_dict"][k])]
     assert not different, f"{what}: {len(different)} of {len(names)} tensors differ, e.g. {different[:3]}"
+
+
+# --- the GAN job of the host and container tests: 2 nodes x 1 task DDP, 2 epochs of 4 batches (global step 16:
+# 2 optimizer steps a batch), preempted mid-epoch 0 (3 of its 4 batches done) ---
+GAN_ARGS = [
+    "experiment=mnist_gan",
+    "trainer=ddp_cpu",
+    "trainer.num_nodes=2",
+    "trainer.devices=1",
+    "debug=bare",  # 2 epochs of 4 batches of 16, no validation (configs/debug/bare.yaml)
+    "seed=5",
+]
+FINAL_STEP = 16
+PREEMPT_AT_STEP = 6
+
+
+def run_gan_job(tmp: Path, job_name: str, extra: list[str] = (), env: dict | None = None) -> dict:
+    """sbatch the GAN job to the end; every rank dumps its weights. Returns job, log path, tmp, weights."""
+    args = [*GAN_ARGS, *extra, f"paths.log_dir={tmp}/logs", *dump_weights(tmp / "weights")]
+    job, log = sbatch(tmp, job_name, args, env=env)
+    return {"job": job, "log": log, "tmp": tmp, "weights": load_weights(tmp / "weights")}
+
+
+def preempt_gan_job(
+    tmp: Path, job_name: str, reference: dict, extra: list[str] = (), env: dict | None = None
+):
+    """The GAN job, held at PREEMPT_AT_STEP and sent SLURM's warning signal (`scancel --signal=USR1`, what
+    --signal=USR1@<s> does before the time limit); it must save, be requeued once, resume where it stopped and
+    end bit-identical to `reference` (run_gan_job's result). Returns (job, its output, its run directory)."""
+    marker = tmp / "held"
+    hold = [
+        "+callbacks.hold._target_=tests.integration.callbacks.HoldAtStep",
+        f"+callbacks.hold.step={PREEMPT_AT_STEP}",
+        f"+callbacks.hold.marker={marker}",
+    ]
+    args = [*GAN_ARGS, *extra, f"paths.log_dir={tmp}/logs", *dump_weights(tmp / "weights"), *hold]
+    job, log = sbatch(tmp, job_name, args, wait=False, env=env)
+    wait_for(marker.is_file, JOB_TIMEOUT_S, f"job {job} to reach global step {PREEMPT_AT_STEP}")
+    signalled = sh(["scancel", "--signal=USR1", job], timeout=10)
+    assert signalled.returncode == 0, signalled.stderr
+    state, restarts = wait_until_finished(job)
+    text = log.read_text()
+    assert state == "COMPLETED", f"job {job} ended {state}; output:\n{text[-4000:]}"
+    assert restarts == 1, f"expected one requeue, scontrol says Restarts={restarts}"
+    run_dir = tmp / "logs" / "train" / "runs" / f"slurm-{job}"
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    assert f"saved {ckpt} at global step {PREEMPT_AT_STEP}" in text
+    assert f"resumed {ckpt} at global step {PREEMPT_AT_STEP} (epoch 0, 3 batches into it)" in text
+
+    preempted = load_weights(tmp / "weights")
+    assert all(w["restart_count"] == 1 for w in preempted), "final weights come from the requeued run"
+    assert all(w["global_step"] == FINAL_STEP for w in preempted)
+    # The model the run produces (rank 0's full state, BatchNorm statistics included: the checkpoint's) and every
+    # rank's parameters are bit-identical to the uninterrupted run's. Ranks > 0 keep their own BatchNorm running
+    # statistics, which no checkpoint holds (it is rank 0's); they resume from rank 0's.
+    reference_weights = reference["weights"]
+    assert_same_weights(
+        preempted[0], reference_weights[0], "rank 0 of the preempted run vs the uninterrupted run"
+    )
+    assert_same_weights(
+        preempted[1], reference_weights[1], "rank 1, preempted vs uninterrupted", parameters_only=True
+    )
+    return job, text, run_dir

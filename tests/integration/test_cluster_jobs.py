@@ -25,41 +25,30 @@ import torch
 from hydra.core.utils import JobStatus
 
 from tests.integration.slurm_helpers import (
+    FINAL_STEP,
+    GAN_ARGS,
     JOB_TIMEOUT_S,
+    PREEMPT_AT_STEP,
     ROOT,
     assert_same_weights,
     dump_weights,
     job_env,
     job_state,
     load_weights,
+    preempt_gan_job,
+    run_gan_job,
     sbatch,
     sh,
     wait_for,
-    wait_until_finished,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("slurm_cluster")]
-
-# The GAN run of tests 1 and 3: 2 epochs of 4 batches (2 optimizer steps each: global step 16).
-GAN_ARGS = [
-    "experiment=mnist_gan",
-    "trainer=ddp_cpu",
-    "trainer.num_nodes=2",
-    "trainer.devices=1",
-    "debug=bare",  # 2 epochs of 4 batches of 16, no validation (configs/debug/bare.yaml)
-    "seed=5",
-]
-FINAL_STEP = 16
-PREEMPT_AT_STEP = 6  # mid-epoch 0: 3 of its 4 batches done
 
 
 @pytest.fixture(scope="module")
 def uninterrupted_gan(tmp_path_factory, job_name) -> dict:
     """Test 1's run, also test 3's reference: sbatch 2 nodes x 1 task DDP GAN, weights dumped by every rank."""
-    tmp = tmp_path_factory.mktemp("gan")
-    args = [*GAN_ARGS, f"paths.log_dir={tmp}/logs", *dump_weights(tmp / "weights")]
-    job, log = sbatch(tmp, job_name, args)
-    return {"job": job, "log": log, "tmp": tmp, "weights": load_weights(tmp / "weights")}
+    return run_gan_job(tmp_path_factory.mktemp("gan"), job_name)
 
 
 def test_sbatch_two_node_ddp_gan_ranks_agree(uninterrupted_gan) -> None:
@@ -76,45 +65,9 @@ def test_sbatch_two_node_ddp_gan_ranks_agree(uninterrupted_gan) -> None:
 
 
 def test_preempted_job_requeues_and_resumes_exactly(uninterrupted_gan, tmp_path: Path, job_name: str) -> None:
-    marker = tmp_path / "held"
-    hold = [
-        "+callbacks.hold._target_=tests.integration.callbacks.HoldAtStep",
-        f"+callbacks.hold.step={PREEMPT_AT_STEP}",
-        f"+callbacks.hold.marker={marker}",
-    ]
-    args = [*GAN_ARGS, f"paths.log_dir={tmp_path}/logs", *dump_weights(tmp_path / "weights"), *hold]
-    job, log = sbatch(tmp_path, job_name, args, wait=False)
-
-    wait_for(marker.is_file, JOB_TIMEOUT_S, f"job {job} to reach global step {PREEMPT_AT_STEP}")
-    # What SLURM does at --signal=USR1@<s> before the time limit, or an admin's preemption warning.
-    signalled = sh(["scancel", "--signal=USR1", job], timeout=10)
-    assert signalled.returncode == 0, signalled.stderr
-    state, restarts = wait_until_finished(job)
-    text = log.read_text()
-    assert state == "COMPLETED", f"job {job} ended {state}; output:\n{text[-4000:]}"
-    assert restarts == 1, f"expected one requeue, scontrol says Restarts={restarts}"
-
-    run_dir = tmp_path / "logs" / "train" / "runs" / f"slurm-{job}"
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
-    assert f"saved {ckpt} at global step {PREEMPT_AT_STEP}" in text
+    job, text, _ = preempt_gan_job(tmp_path, job_name, uninterrupted_gan)
     assert f"requeued SLURM job {job}" in text
-    assert f"resumed {ckpt} at global step {PREEMPT_AT_STEP} (epoch 0, 3 batches into it)" in text
     assert "restart 1 on n[1-2]" in text, "the requeued run started again on both nodes"
-
-    preempted = load_weights(tmp_path / "weights")
-    assert all(w["restart_count"] == 1 for w in preempted), "final weights come from the requeued run"
-    reference = uninterrupted_gan["weights"]
-    assert all(w["global_step"] == FINAL_STEP for w in preempted)
-    # The model the run produces (rank 0's full state, BatchNorm statistics included: the checkpoint's) and every
-    # rank's parameters are bit-identical to the uninterrupted run's. Ranks > 0 keep their own BatchNorm running
-    # statistics, which no checkpoint holds (it is rank 0's); they resume from rank 0's.
-    assert_same_weights(preempted[0], reference[0], "rank 0 of the preempted run vs the uninterrupted run")
-    assert_same_weights(
-        preempted[1],
-        reference[1],
-        "rank 1 of the preempted run vs the uninterrupted run",
-        parameters_only=True,
-    )
 
 
 def test_submitit_sweep_runs_as_a_job_array(tmp_path: Path, job_name: str) -> None:

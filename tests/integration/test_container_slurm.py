@@ -23,33 +23,20 @@ import pytest
 from hydra.core.utils import JobStatus
 
 from tests.integration.slurm_helpers import (
+    FINAL_STEP,
     JOB_TIMEOUT_S,
     ROOT,
     assert_same_weights,
-    dump_weights,
     job_env,
-    load_weights,
-    sbatch,
+    preempt_gan_job,
+    run_gan_job,
     sh,
-    wait_for,
-    wait_until_finished,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("slurm_cluster")]
 
 SQFS = os.environ.get("PANTHEON_TEST_SQFS", "")
-# test_cluster_jobs.py's GAN run (2 epochs of 4 batches: global step 16), plus the in-container marker.
-GAN_ARGS = [
-    "experiment=mnist_gan",
-    "trainer=ddp_cpu",
-    "trainer.num_nodes=2",
-    "trainer.devices=1",
-    "debug=bare",
-    "seed=5",
-    "+in_container=${oc.env:CH_RUNNING,no}",
-]
-FINAL_STEP = 16
-PREEMPT_AT_STEP = 6
+IN_CONTAINER = ["+in_container=${oc.env:CH_RUNNING,no}"]  # lands resolved in the csv logger's hparams.yaml
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -74,10 +61,7 @@ def ran_in_container(run_dir: Path) -> bool:
 
 @pytest.fixture(scope="module")
 def uninterrupted_gan(tmp_path_factory, job_name) -> dict:
-    tmp = tmp_path_factory.mktemp("ct-gan")
-    args = [*GAN_ARGS, f"paths.log_dir={tmp}/logs", *dump_weights(tmp / "weights")]
-    job, log = sbatch(tmp, job_name, args, env=container_env())
-    return {"job": job, "log": log, "tmp": tmp, "weights": load_weights(tmp / "weights")}
+    return run_gan_job(tmp_path_factory.mktemp("ct-gan"), job_name, IN_CONTAINER, env=container_env())
 
 
 def test_sbatch_two_node_ddp_gan_in_the_container(uninterrupted_gan) -> None:
@@ -93,38 +77,11 @@ def test_sbatch_two_node_ddp_gan_in_the_container(uninterrupted_gan) -> None:
 def test_preempted_job_in_the_container_requeues_from_outside(
     uninterrupted_gan, tmp_path: Path, job_name: str
 ) -> None:
-    marker = tmp_path / "held"
-    hold = [
-        "+callbacks.hold._target_=tests.integration.callbacks.HoldAtStep",
-        f"+callbacks.hold.step={PREEMPT_AT_STEP}",
-        f"+callbacks.hold.marker={marker}",
-    ]
-    args = [*GAN_ARGS, f"paths.log_dir={tmp_path}/logs", *dump_weights(tmp_path / "weights"), *hold]
-    job, log = sbatch(tmp_path, job_name, args, wait=False, env=container_env())
-
-    wait_for(marker.is_file, JOB_TIMEOUT_S, f"job {job} to reach global step {PREEMPT_AT_STEP}")
-    signalled = sh(["scancel", "--signal=USR1", job], timeout=10)
-    assert signalled.returncode == 0, signalled.stderr
-    state, restarts = wait_until_finished(job)
-    text = log.read_text()
-    assert state == "COMPLETED", f"job {job} ended {state}; output:\n{text[-4000:]}"
-    assert restarts == 1, f"expected one requeue, scontrol says Restarts={restarts}"
-
-    run_dir = tmp_path / "logs" / "train" / "runs" / f"slurm-{job}"
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
-    assert f"saved {ckpt} at global step {PREEMPT_AT_STEP}" in text
-    assert f"exited 138: requeued SLURM job {job} from outside the container" in text
-    assert f"resumed {ckpt} at global step {PREEMPT_AT_STEP}" in text
-    assert ran_in_container(run_dir)
-
-    preempted = load_weights(tmp_path / "weights")
-    assert all(w["restart_count"] == 1 for w in preempted), "final weights come from the requeued run"
-    assert all(w["global_step"] == FINAL_STEP for w in preempted)
-    reference = uninterrupted_gan["weights"]
-    assert_same_weights(preempted[0], reference[0], "rank 0 of the preempted run vs the uninterrupted run")
-    assert_same_weights(
-        preempted[1], reference[1], "rank 1, preempted vs uninterrupted", parameters_only=True
+    job, text, run_dir = preempt_gan_job(
+        tmp_path, job_name, uninterrupted_gan, IN_CONTAINER, env=container_env()
     )
+    assert f"exited 138: requeued SLURM job {job} from outside the container" in text
+    assert ran_in_container(run_dir)
 
 
 def test_submitit_launch_with_a_container(tmp_path: Path, job_name: str) -> None:

@@ -168,7 +168,10 @@ class Preemption(L.Callback):
             if requeue_job():
                 log.info(f"requeued SLURM job {slurm_job_id()}: it resumes from this checkpoint")
                 raise SystemExit(0)
-            log.error("the job was not requeued: resubmit it to resume from this checkpoint")
+            log.warning(
+                f"not requeued from here: exiting {code} with the checkpoint saved; slurm/task.sh requeues the job "
+                "from outside a container (otherwise resubmit it to resume from this checkpoint)"
+            )
             raise SystemExit(code)
         log.warning(
             f"stopped at global step {trainer.global_step}; resume with ckpt_path={self.path} "
