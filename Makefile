@@ -126,12 +126,12 @@ docker-train: ## Train in the image with docker compose, run dirs to ./logs as y
 	PANTHEON_IMAGE=$(IMAGE) PANTHEON_UID=$$(id -u) PANTHEON_GID=$$(id -g) $(COMPOSE) run --rm $(COMPOSE_SERVICE) $(ARGS)
 
 docker-test: docker-lint docker-build docker-build-serve $(STAMP) ## Build both images, then smoke-test inside them (train: fast-dev-run, sample, export, user, /dev/shm, compose; serve: health, HTTP)
-	@command -v docker-compose >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-compose >/dev/null
+	@bash scripts/apt-ensure.sh docker-compose
 	PANTHEON_TEST_IMAGE=$(IMAGE) PANTHEON_TEST_SERVE_IMAGE=$(SERVE_IMAGE) $(PY) -m pytest -q -m integration \
 	  tests/integration/test_container_image.py tests/integration/test_serving_image.py $(ARGS)
 
 image-sqfs: docker-build ## The cluster image: IMAGE as one SquashFS file for ch-run (SQFS=/var/cache/pantheon/images/pantheon.sqfs)
-	@command -v ch-convert >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q charliecloud squashfs-tools squashfuse >/dev/null
+	@bash scripts/apt-ensure.sh charliecloud squashfs-tools squashfuse
 	bash docker/image-sqfs.sh $(SQFS) $(IMAGE)
 
 test-container: image-sqfs $(STAMP) ## The SLURM jobs inside the SquashFS image on the local cluster (needs make slurm-up)
@@ -144,3 +144,21 @@ serve: $(STAMP) ## Serve the newest GAN checkpoint (or CKPT=; ARGS="pipeline=lat
 
 bench-serve: $(STAMP) ## Bounded load test on 127.0.0.1: req/s and p50/p99, batching off vs on, concurrency 1/8/32
 	$(PY) scripts/bench_serve.py $(ARGS)
+
+# --- scaling (docs/scaling.md) ---
+.PHONY: scale scale-predict gpu-wheels gpu-check
+SCALE_ARGS ?= --experiment mnist_gan --nodes 1,2 --strategies ddp_cpu --launcher submitit --threads 1
+GPU_WHEELS ?= .gpu_wheels
+
+scale: $(STAMP) ## Scaling sweep -> logs/scaling/<experiment>/{scaling.csv,.md,.png} (SCALE_ARGS=..., ARGS= more; needs make slurm-up)
+	$(PY) scripts/scaling.py $(SCALE_ARGS) $(ARGS)
+
+scale-predict: $(STAMP) ## Communication model only: efficiency at 8..128 GPUs beside published points (ARGS="--preset dgx_h100_ndr")
+	$(PY) scripts/scaling.py --predict-only $(ARGS)
+
+gpu-wheels: $(STAMP) ## Download the wheels the lent GPU machine lacks into $(GPU_WHEELS)/ (a device run carries it)
+	$(PY) scripts/gpu_wheels.py download $(GPU_WHEELS)
+
+# Where nvidia-smi answers (the lent GPU machine: its own python3, no network) nothing is installed first.
+gpu-check: $(if $(shell command -v nvidia-smi),,$(STAMP)) ## One GPU: bf16 steps, NCCL, FSDP/DeepSpeed train-save-resume, UNet ladder in 8 min; no CUDA: CPU rehearsal
+	GPU_WHEELS=$(GPU_WHEELS) bash scripts/gpu_check.sh $(ARGS)
