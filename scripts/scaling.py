@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slurm", default="local", help="configs/slurm preset for --launcher submitit")
     p.add_argument("--synthetic", action="store_true", help="one repeated random batch: no input pipeline")
     p.add_argument("--timeout", type=int, default=600, help="seconds per point")
+    p.add_argument("--threads", type=int, default=None, help="OMP/MKL threads per rank (default: torch's)")
     p.add_argument("--out", type=Path, default=None, help="default: logs/scaling/<experiment>")
     p.add_argument(
         "--links", type=Path, default=None, help="alpha-beta JSON from pantheon.scaling.collectives"
@@ -50,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     out = a.out or Path("logs/scaling") / a.experiment
     out.mkdir(parents=True, exist_ok=True)
     points = grid(a.experiment, a.strategies.split(","), a.nodes, a.devices, a.batch, a.global_batch)
-    settings = Settings(a.steps, a.warmup, a.launcher, a.slurm, a.synthetic, a.timeout, a.overrides)
+    settings = Settings(
+        a.steps, a.warmup, a.launcher, a.slurm, a.synthetic, a.timeout, a.overrides, a.threads
+    )
     results = run_sweep(points, settings, out)
     print(report.write(results, out, strong=a.global_batch is not None, links=a.links, preset=a.preset))
     return 0 if any(r.status == "ok" for r in results) else 1

@@ -39,6 +39,7 @@ def check_summary(run_dir: Path, result, world: int) -> dict:
     )
     assert summary["mfu"] is None and "n/a" in summary["mfu_note"], "no peak FLOP/s on CPU"
     assert summary["peak_rss_mib"] > 100 and summary["trainable_parameters"] > 0
+    assert summary["cpu_s"] > 0 and summary["torch_threads"] >= 1 and summary["load_avg_1min"] >= 0
     return summary
 
 

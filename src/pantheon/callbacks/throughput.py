@@ -17,6 +17,7 @@ samples/s, batches/s, FLOPs/s and MFU once the module has `flops_per_batch`. Thi
 from __future__ import annotations
 
 import json
+import os
 import platform
 import resource
 import sys
@@ -101,11 +102,12 @@ class Throughput(ThroughputMonitor):
             )
         self.warmup_steps, self.count_flops, self.filename = warmup_steps, count_flops, filename
         self.batches = 0  # training batches seen by this rank in this fit
-        self.measured = {"steps": 0, "samples": 0, "data_wait_s": 0.0, "compute_s": 0.0}
+        self.measured = {"steps": 0, "samples": 0, "data_wait_s": 0.0, "compute_s": 0.0, "cpu_s": 0.0}
         self.flops_per_batch: int | None = None
         self.summary: dict[str, Any] | None = None
         self._last_end: float | None = None
         self._start_time = 0.0
+        self._start_cpu = 0.0
         self._wait = 0.0
         self._counter: FlopCounterMode | None = None
 
@@ -125,7 +127,7 @@ class Throughput(ThroughputMonitor):
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, *_: Any
     ) -> None:
-        self._start_time = time.perf_counter()
+        self._start_time, self._start_cpu = time.perf_counter(), time.process_time()
         self._wait = self._start_time - (self._last_end or self._start_time)
         if self.count_flops and self.batches == 0:
             self._counter = FlopCounterMode(display=False)
@@ -147,6 +149,7 @@ class Throughput(ThroughputMonitor):
             m["samples"] += batch_size_of(batch)
             m["data_wait_s"] += self._wait
             m["compute_s"] += end - self._start_time
+            m["cpu_s"] += time.process_time() - self._start_cpu  # all this process's threads
         super().on_train_batch_end(trainer, pl_module, outputs, batch, *args)  # rank 0: Lightning's window
         if (
             trainer.is_global_zero
@@ -173,14 +176,14 @@ class Throughput(ThroughputMonitor):
         allocated = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else 0.0
         reserved = torch.cuda.max_memory_reserved(device) / 2**20 if cuda else 0.0
         elapsed = m["data_wait_s"] + m["compute_s"]
-        return [m["steps"], m["samples"], elapsed, m["data_wait_s"], m["compute_s"], peak_rss_mib(), allocated, reserved]  # fmt: skip
+        return [m["steps"], m["samples"], elapsed, m["data_wait_s"], m["compute_s"], peak_rss_mib(), allocated, reserved, m["cpu_s"]]  # fmt: skip
 
     def reduce_summary(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         """All ranks take part (an all_gather); every rank returns the same summary."""
         device = trainer.strategy.root_device
         local = torch.tensor(self.local_numbers(device), dtype=torch.float64, device=device)
         gathered = trainer.strategy.all_gather(local).reshape(-1, local.numel()).cpu()
-        steps, samples, elapsed, wait, compute, rss, allocated, reserved = gathered.T
+        steps, samples, elapsed, wait, compute, rss, allocated, reserved, cpu = gathered.T
         world = int(gathered.shape[0])
         window = float(elapsed.max())  # the slowest rank sets the pace (every step synchronises)
         n_steps = int(steps.min())
@@ -208,6 +211,9 @@ class Throughput(ThroughputMonitor):
             "step_time_s": window / n_steps if n_steps else None,
             "data_wait_s": float(wait.max()) / n_steps if n_steps else None,
             "compute_s": float(compute.max()) / n_steps if n_steps else None,
+            # CPU seconds of the compute per batch (process time, every thread), slowest rank: unlike the wall
+            # time above it does not grow while a rank waits for a core on a shared host
+            "cpu_s": float(cpu.max()) / n_steps if n_steps else None,
             "data_wait_fraction": float(wait.max() / elapsed.max()) if window > 0 else None,
             "trainable_parameters": getattr(self, "trainable_parameters", None),
             "flops_per_batch": self.flops_per_batch,
@@ -216,6 +222,10 @@ class Throughput(ThroughputMonitor):
             "peak_flops_per_device": self.available_flops,
             "mfu": achieved / self.available_flops if achieved and self.available_flops else None,
             "mfu_note": None if self.available_flops else f"n/a: no peak FLOP/s known for {device.type}",
+            "torch_threads": torch.get_num_threads(),  # rank 0's intra-op threads (OMP_NUM_THREADS)
+            # rank 0's host at the end: on shared cores a load above the core count slows every rank
+            "load_avg_1min": os.getloadavg()[0],
+            "host_cpus": os.cpu_count(),
             "peak_rss_mib": float(rss.max()),
             "cuda_max_allocated_mib": float(allocated.max()) if device.type == "cuda" else None,
             "cuda_max_reserved_mib": float(reserved.max()) if device.type == "cuda" else None,

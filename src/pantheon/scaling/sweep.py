@@ -10,6 +10,7 @@ other so points do not share the machine); a point that fails or times out is ke
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -45,6 +46,8 @@ class Settings:
     synthetic: bool = False
     timeout_s: int = 600
     extra: list[str] = field(default_factory=list)
+    # OMP/MKL threads per rank (1 on the local cluster's 1-CPU nodes); None: torch's
+    threads: int | None = None
 
 
 @dataclass
@@ -56,8 +59,12 @@ class Result:
     wall_s: float = 0.0
 
     def row(self) -> dict:
-        return {**asdict(self.point), "world": self.point.world, "status": self.status, "reason": self.reason,
-                "wall_s": self.wall_s, **(self.summary or {})}  # fmt: skip
+        """The point's own fields win over the summary's: its `strategy` is the Lightning class name
+        (kept as strategy_class), while tables, grouping and the model key on the trainer preset."""
+        summary = dict(self.summary or {})
+        summary["strategy_class"] = summary.pop("strategy", None)
+        return {**summary, **asdict(self.point), "world": self.point.world, "status": self.status,
+                "reason": self.reason, "wall_s": self.wall_s}  # fmt: skip
 
 
 def grid(experiment: str, strategies: list[str], nodes: list[int], devices: list[int], batch: int,
@@ -112,29 +119,82 @@ def failure_reason(text: str) -> str:
     return (telling or lines or ["no output"])[-1][:300]
 
 
+def impossible(point: Point, settings: Settings) -> str | None:
+    """Why a point cannot run at all under these settings (kept in the table as failed), or None."""
+    if settings.launcher == "local" and point.nodes > 1:
+        return f"the local launcher runs one node, not {point.nodes}: use --launcher submitit"
+    return None
+
+
+def point_env(settings: Settings) -> dict[str, str]:
+    """The point's environment; SLURM jobs inherit it from the submitting process (sbatch --export=ALL)."""
+    env = {**os.environ, "WANDB_MODE": "offline", "PANTHEON_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    if settings.threads:
+        env |= {"OMP_NUM_THREADS": str(settings.threads), "MKL_NUM_THREADS": str(settings.threads)}
+    return env
+
+
+# squeue reasons a pending job never outgrows: the cluster cannot hold the layout (e.g. 3 nodes on this 2-node one).
+NEVER_STARTS = ("PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit", "BadConstraints",
+                "QOSMaxNodePerJobLimit", "AssocMaxNodesPerJobLimit", "InvalidQOS", "InvalidAccount")  # fmt: skip
+
+
+def job_ids(run_dir: Path) -> list[str]:
+    """The point's SLURM jobs: submitit names a folder per job id under .submitit/."""
+    return sorted(
+        {p.name.split("_")[0] for p in run_dir.glob(".submitit/*") if p.name.split("_")[0].isdigit()}
+    )
+
+
+def cancel_jobs(run_dir: Path) -> None:
+    if jobs := job_ids(run_dir):
+        subprocess.run(["timeout", "20", "scancel", *jobs], capture_output=True, check=False)
+
+
+def never_starts(run_dir: Path) -> str | None:
+    """Why one of the point's jobs will pend forever, from squeue, or None."""
+    jobs = job_ids(run_dir)
+    if not jobs:
+        return None
+    queue = subprocess.run(["timeout", "10", "squeue", "-h", "-j", ",".join(jobs), "-o", "%i %t %r"],
+                           capture_output=True, text=True, check=False).stdout  # fmt: skip
+    for job, state, reason in (line.split(maxsplit=2) for line in queue.splitlines() if line.count(" ") >= 2):
+        if state == "PD" and reason.strip() in NEVER_STARTS:
+            return f"SLURM will never start job {job}: pending ({reason.strip()}), cancelled"
+    return None
+
+
 def run_point(point: Point, settings: Settings, out: Path) -> Result:
     run_dir = out / "points" / point.name
     run_dir.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "pantheon.train", *overrides(point, settings, run_dir)]
     (run_dir / "command.txt").write_text(" ".join(command) + "\n")
-    env_note = {"WANDB_MODE": "offline", "PANTHEON_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    import os
-
-    started = time.perf_counter()
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=settings.timeout_s + 60,
-                              env={**os.environ, **env_note})  # fmt: skip
-    except subprocess.TimeoutExpired:
-        return Result(point, "timed out", f"no result within {settings.timeout_s + 60} s",
-                      wall_s=time.perf_counter() - started)  # fmt: skip
+    refused = impossible(point, settings)
+    if refused:
+        return Result(point, "failed", refused)
+    started, limit = time.perf_counter(), settings.timeout_s + 60
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=point_env(settings))  # fmt: skip
+    while True:
+        try:
+            stdout, stderr = proc.communicate(timeout=5)
+            break
+        except subprocess.TimeoutExpired:
+            stuck = never_starts(run_dir) if settings.launcher == "submitit" else None
+            if stuck or time.perf_counter() - started > limit:
+                proc.kill()
+                proc.communicate()
+                cancel_jobs(run_dir)  # a job left behind would share the machine with the next point
+                status, reason = ("failed", stuck) if stuck else ("timed out", f"no result within {limit} s")
+                return Result(point, status, reason, wall_s=time.perf_counter() - started)
     wall = time.perf_counter() - started
-    (run_dir / "output.log").write_text(done.stdout + done.stderr)
+    (run_dir / "output.log").write_text(stdout + stderr)
     found = sorted(run_dir.rglob(SUMMARY_FILE))
-    if done.returncode != 0 or not found:
+    if proc.returncode != 0 or not found:
         logs = "".join(p.read_text(errors="replace") for p in run_dir.rglob("*_log.out"))
-        reason = failure_reason(done.stderr + logs) if done.returncode else f"no {SUMMARY_FILE} written"
+        reason = failure_reason(stderr + logs) if proc.returncode else f"no {SUMMARY_FILE} written"
         status = "timed out" if "TIMEOUT" in reason or "timed-out" in reason else "failed"
-        return Result(point, status, f"rc {done.returncode}: {reason}", wall_s=wall)
+        return Result(point, status, f"rc {proc.returncode}: {reason}", wall_s=wall)
     return Result(point, "ok", summary=json.loads(found[0].read_text()), wall_s=wall)
 
 
