@@ -37,6 +37,16 @@ def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, An
     return checkpoint
 
 
+def recorded_kind(path: str | Path) -> str | None:
+    """The model kind a checkpoint records, None when the file is unreadable or records none (`ckpt=latest`
+    skips those). Memory-mapped: only the pickle is read, not the tensors."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        return (checkpoint.get(CHECKPOINT_KEY) or {}).get("kind")
+    except Exception:
+        return None
+
+
 def module_class(checkpoint: dict[str, Any], path: str | Path) -> type[GenerativeModule]:
     """The GenerativeModule class recorded in the checkpoint."""
     class_path = (checkpoint.get(CHECKPOINT_KEY) or {}).get("class_path")

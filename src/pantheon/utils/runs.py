@@ -15,25 +15,16 @@ def logs_root() -> Path:
     return Path(os.environ.get("PANTHEON_ROOT") or Path.cwd()) / "logs"
 
 
-def checkpoint_kind(path: Path) -> str | None:
-    """The model kind a checkpoint records (checkpoint["pantheon"]["kind"]), None when unreadable or unrecorded.
-    Memory-mapped: only the pickle is read, not the tensors."""
-    import torch
-
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-        return (checkpoint.get("pantheon") or {}).get("kind")
-    except Exception:
-        return None
-
-
 def latest_checkpoint(kind: str | None = None, root: Path | None = None) -> Path:
     """The newest checkpoint (by modification time) under `root` (logs_root()) whose recorded kind is `kind`
     (any pantheon kind when None); corrupt and foreign files are skipped."""
+    # torch and the models load only when `latest` is asked for
+    from pantheon.models.checkpoints import recorded_kind
+
     root = logs_root() if root is None else root
     candidates = sorted(root.glob("**/checkpoints/*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
     for path in candidates:
-        if path.is_file() and (found := checkpoint_kind(path)) is not None and kind in (None, found):
+        if path.is_file() and (found := recorded_kind(path)) is not None and kind in (None, found):
             return path
     what = f"{kind} checkpoint" if kind else "pantheon checkpoint"
     train = {"gan": "make train", "diffusion": "make train-diffusion"}.get(kind or "", "make train")
