@@ -78,6 +78,7 @@ def _full_optim_state_on_rank(rank: int, world: int, init_file: str, out: str) -
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two gloo ranks spawned: ~55 s
 def test_full_optimizer_state_on_cpu_keeps_every_state(tmp_path: Path) -> None:
     """On a CPU compute device FSDP's offloading `.cpu()` copies nothing, and the states it gathers through one
     reused buffer all came out as the last one (exp_avg == exp_avg_sq): resumed runs diverged. The saved full
