@@ -90,3 +90,15 @@ def test_same_seed_reproduces_metrics(tmp_path: Path) -> None:
     assert runs[0] == runs[1]
     other = train(compose_train(tmp_path / "r2", [*FAST, "seed=8", "ckpt_path=null"]))
     assert other["train/g_loss"] != runs[0]["train/g_loss"]
+
+
+def test_progress_bar_names_the_step_bound_instead_of_a_negative_epoch() -> None:
+    from types import SimpleNamespace
+
+    from pantheon.callbacks.progress import ProgressBar
+
+    bar = ProgressBar()
+    bar._trainer = SimpleNamespace(max_epochs=-1, max_steps=300)
+    assert bar._get_train_description(0).strip() == "Epoch 0 (to max_steps=300)"
+    bar._trainer = SimpleNamespace(max_epochs=10, max_steps=-1)
+    assert bar._get_train_description(3).strip() == "Epoch 3/9"
