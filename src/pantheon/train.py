@@ -20,6 +20,7 @@ from pantheon.cluster import (  # pantheon.cluster also registers hydra.run.dir'
 from pantheon.cluster.environment import global_rank, lightning_cluster_environment
 from pantheon.utils.config_checks import check_config
 from pantheon.utils.errors import exit_on_user_error
+from pantheon.utils.hydra_preflight import check_command_line, removed_if_refused
 from pantheon.utils.instantiate import instantiate_callbacks, instantiate_loggers
 from pantheon.utils.logging import RankedLogger
 
@@ -76,9 +77,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="../../configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
+    with removed_if_refused(cfg.paths.output_dir):  # a run its checks refuse leaves no empty run directory
+        metrics = train(cfg)
     return metrics.get(cfg.get("optimized_metric", ""), None)
 
 
 if __name__ == "__main__":
+    check_command_line()  # bad input: one `error:` line and exit 2 before Hydra writes a run directory
     main()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from omegaconf import DictConfig, OmegaConf
 
-from pantheon.cluster.preflight import check_job_layout, reject_unsupported_strategy
+from pantheon.cluster.preflight import check_job_layout, devices_per_node, reject_unsupported_strategy
 from pantheon.utils.errors import UserError
 
 SECRET_WORDS = ("api_key", "apikey", "token", "password", "secret")
@@ -30,10 +32,56 @@ def reject_secrets(cfg: DictConfig) -> None:
     walk(OmegaConf.to_container(cfg, resolve=False), "")
 
 
+CUDA_ACCELERATORS = ("gpu", "cuda")
+
+
+def check_hardware(cfg: DictConfig) -> None:
+    """A GPU trainer on a machine without (enough) CUDA GPUs fails here with the fix, not in Lightning's
+    MisconfigurationException after the data and model were built. Only where the job runs: a submitting
+    machine (a SLURM login node) has no GPU to see."""
+    accelerator = cfg.get("trainer", {}).get("accelerator")
+    if not isinstance(accelerator, str) or accelerator.lower() not in CUDA_ACCELERATORS:
+        return
+    from lightning.fabric.accelerators.cuda import num_cuda_devices  # NVML-based: does not initialise CUDA
+
+    visible = num_cuda_devices()
+    choice = OmegaConf.select(cfg, "hydra.runtime.choices.trainer", default=None)
+    asked = (
+        f"trainer={choice}"
+        if choice and choice not in ("cpu", "default")
+        else f"trainer.accelerator={accelerator}"
+    )
+    if visible == 0:
+        raise UserError(f"{asked} needs a CUDA GPU but torch sees none here: use trainer=cpu")
+    try:
+        wanted = devices_per_node(cfg)
+    except UserError:  # 'auto' or -1: Lightning takes what there is
+        return
+    devices = cfg.trainer.get("devices")
+    highest = max(devices) if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices) else wanted - 1
+    if wanted > visible or highest >= visible:
+        raise UserError(
+            f"{asked} with trainer.devices={devices} needs {max(wanted, highest + 1)} CUDA GPUs but torch sees "
+            f"{visible} here: use trainer.devices={visible} (or trainer.devices=auto)"
+        )
+
+
+def check_ckpt_path(cfg: DictConfig) -> None:
+    """An explicit ckpt_path must exist before anything is built (pantheon.cluster.resume reads it at fit time)."""
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path in (None, "", "none", "null", "last"):
+        return
+    if not Path(str(ckpt_path)).exists():
+        raise UserError(f"ckpt_path={ckpt_path} does not exist: pass a .ckpt file, `last` or null")
+
+
 def check_config(cfg: DictConfig, in_job: bool = True) -> None:
-    """All pre-flight checks of a training config: in the run itself, and per job in the submitting process
-    (`in_job=False`, pantheon.cluster.launcher) before anything is queued."""
+    """All pre-flight checks of a training config: in the run itself, before Hydra writes anything
+    (pantheon.utils.hydra_preflight), and per job in the submitting process (`in_job=False`,
+    pantheon.cluster.launcher) before anything is queued."""
     reject_secrets(cfg)
     reject_unsupported_strategy(cfg)
     if in_job:
         check_job_layout(cfg)
+        check_hardware(cfg)
+        check_ckpt_path(cfg)
