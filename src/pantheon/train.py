@@ -13,11 +13,13 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from pantheon.callbacks.nonfinite import NonFiniteLoss
 from pantheon.cluster import (  # pantheon.cluster also registers hydra.run.dir's run_id resolver
     preemption,
     resume,
 )
 from pantheon.cluster.environment import global_rank, lightning_cluster_environment
+from pantheon.utils import run_lock
 from pantheon.utils.config_checks import check_config
 from pantheon.utils.errors import exit_on_user_error
 from pantheon.utils.hydra_preflight import check_command_line, removed_if_refused
@@ -36,6 +38,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # (DDP broadcasts rank 0's initial weights, so models still start identical).
     L.seed_everything(cfg.seed + global_rank(), workers=True)
     output_dir = cfg.paths.output_dir
+    with run_lock.held(output_dir, enabled=global_rank() == 0):  # one run per directory, one last.ckpt writer
+        return fit(cfg, output_dir)
+
+
+def fit(cfg: DictConfig, output_dir: str) -> dict[str, float]:
+    """Build data, model, callbacks, loggers and trainer from `cfg`, and fit in `output_dir`."""
     log.info(f"run directory: {output_dir}")
 
     # _convert_="all": plain lists/dicts in hparams, so checkpoints load with torch's weights_only=True.
@@ -51,6 +59,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         callbacks=[
             *instantiate_callbacks(cfg.get("callbacks")),
             resume.ExactResume(cfg.seed),  # reseeds per batch: random streams replay after a resume
+            NonFiniteLoss(cfg.on_nonfinite_loss),  # a NaN/inf loss never reaches the weights or a checkpoint
             preemption.Preemption(checkpoints, cfg.preemption.check_every_n_batches),
         ],
         logger=loggers or False,

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pantheon.cluster import preemption
+from pantheon.cluster import preemption, resume
 from pantheon.train import train
+from pantheon.utils.errors import UserError
 from tests.conftest import compose_train
 
 # 2 epochs of 3 batches; the GAN steps two optimizers per batch, so global step 12 at the end.
@@ -83,3 +84,45 @@ def test_other_seeds_differ(uninterrupted: dict, tmp_path: Path) -> None:
     """The comparison above can fail: another seed ends elsewhere."""
     other = run(tmp_path, "ckpt_path=null", "seed=4")
     assert any(not torch.equal(other["state_dict"][k], v) for k, v in uninterrupted["state_dict"].items())
+
+
+def test_a_corrupt_last_checkpoint_falls_back_to_the_newest_that_loads(
+    uninterrupted: dict, tmp_path: Path, caplog
+) -> None:
+    """last.ckpt truncated (a full disk, a bad copy): the resume warns once, naming it, keeps it aside, and
+    continues from the newest periodic checkpoint that loads, ending bit-identical to the uninterrupted run."""
+    every_batch = [
+        "callbacks=model_checkpoint",
+        "callbacks.model_checkpoint.monitor=null",
+        "+callbacks.model_checkpoint.every_n_train_steps=2",
+        "callbacks.model_checkpoint.save_top_k=-1",
+    ]
+    run(tmp_path, "ckpt_path=null", "trainer.max_epochs=1", *every_batch)
+    folder = tmp_path / "checkpoints"
+    last = folder / "last.ckpt"
+    data = last.read_bytes()
+    last.write_bytes(data[: len(data) // 2])
+    newest_good = max((p for p in folder.glob("*.ckpt") if p != last), key=lambda p: p.stat().st_mtime)
+    assert resume.checkpoint_to_resume("last", tmp_path) == str(newest_good)
+    warnings = [r.getMessage() for r in caplog.records if "cannot resume from" in r.getMessage()]
+    assert len(warnings) == 1 and "last.ckpt" in warnings[0] and str(newest_good) in warnings[0]
+    kept = list(folder.glob("last.ckpt.bad-*"))
+    assert len(kept) == 1 and kept[0].read_bytes() == data[: len(data) // 2], "the bad file is kept"
+
+    assert_identical(run(tmp_path, "ckpt_path=last", *every_batch), uninterrupted)
+    assert kept[0].exists(), "still there after the run wrote a new last.ckpt"
+
+
+def test_no_loadable_checkpoint_is_one_error_and_deletes_nothing(tmp_path: Path) -> None:
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    (folder / "last.ckpt").write_bytes(b"PK\x03\x04 not really a checkpoint")
+    (folder / "step=4.ckpt").write_bytes(b"")
+    before = sorted(p.name for p in folder.iterdir())
+    with pytest.raises(
+        UserError, match=r"no checkpoint of .* loads: .*last.ckpt.*step=4.ckpt.*ckpt_path=null"
+    ):
+        resume.checkpoint_to_resume("last", tmp_path)
+    assert set(before) <= {p.name for p in folder.iterdir()}, "nothing deleted"
+    with pytest.raises(UserError, match="cannot be resumed from"):
+        resume.checkpoint_to_resume(str(folder / "last.ckpt"), tmp_path)

@@ -19,12 +19,22 @@ Two other mechanisms could react to the same signal and are off: Lightning's SLU
 (`auto_requeue=False` in environment.lightning_cluster_environment; it saves from inside the handler) and
 submitit's checkpoint-and-requeue (it resubmits without saving training state; our handler replaces its SIGUSR2
 handler and the launcher configs set `max_num_timeout: 0`). One mechanism serves sbatch and submitit alike.
+
+Interrupts: Ctrl-C (SIGINT) and SIGTERM (`kill <pid>`, `docker stop`, `scancel`, a time limit) go through the same
+path, with one difference: they mean "stop", so the job is never requeued. Every rank saves last.ckpt at the next
+batch boundary, the run says how to resume and exits 130 (SIGINT) or 143 (SIGTERM). A second Ctrl-C stops at once
+(Lightning's KeyboardInterrupt path, exit 1) without saving. DataLoader workers, which a terminal's Ctrl-C reaches
+too, inherit the recording handler (they fork after `install()`) and keep serving batches until the save.
+Lightning's own SIGTERM handler (it raises at the next batch, saving nothing) is replaced at train start.
 """
 
 from __future__ import annotations
 
+import errno
+import shutil
 import signal
 import subprocess
+import sys
 import threading
 from pathlib import Path
 from types import FrameType
@@ -37,11 +47,13 @@ from lightning.pytorch.strategies import DeepSpeedStrategy
 
 from pantheon.cluster.environment import slurm_job_id
 from pantheon.utils import atomic
+from pantheon.utils.errors import UserError
 from pantheon.utils.logging import RankedLogger
 
 log = RankedLogger(__name__)
 
-WARNING_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
+WARNING_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)  # "the job will end": save, then requeue
+INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # "stop": save, never requeue
 _received: signal.Signals | None = None
 
 
@@ -50,15 +62,19 @@ _received: signal.Signals | None = None
 
 def _record(signum: int, frame: FrameType | None) -> None:
     global _received
+    if signum == signal.SIGINT and _received == signal.SIGINT:
+        raise KeyboardInterrupt  # a second Ctrl-C: the user does not want to wait for the save
+    if _received in INTERRUPT_SIGNALS and signum in WARNING_SIGNALS:
+        return  # a stop asked for stays a stop: a later warning must not turn it into a requeue
     _received = signal.Signals(signum)
 
 
 def install() -> None:
-    """Record WARNING_SIGNALS from now on (idempotent). Call it as early as possible: until then SIGUSR1
-    kills the process (its default action) and SIGUSR2 runs submitit's handler."""
+    """Record WARNING_SIGNALS and INTERRUPT_SIGNALS from now on (idempotent). Call it as early as possible:
+    until then SIGUSR1 kills the process (its default action) and SIGUSR2 runs submitit's handler."""
     if threading.current_thread() is not threading.main_thread():
         return  # signal handlers can only be set from the main thread (e.g. not in some test runners)
-    for sig in WARNING_SIGNALS:
+    for sig in (*WARNING_SIGNALS, *INTERRUPT_SIGNALS):
         signal.signal(sig, _record)
 
 
@@ -84,8 +100,25 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> None:
         if get_filesystem(path).protocol not in ("file", ("file", "local")):
             return super().save_checkpoint(checkpoint, path, storage_options)
-        with atomic.publish(path) as staging:
-            super().save_checkpoint(checkpoint, staging, storage_options)
+        try:
+            with atomic.publish(path) as staging:
+                super().save_checkpoint(checkpoint, staging, storage_options)
+        except (OSError, RuntimeError) as err:  # torch's zip writer reports a full disk as a RuntimeError
+            if not _disk_full(err):
+                raise
+            free = shutil.disk_usage(Path(path).parent).free
+            raise UserError(
+                f"no space left on the device of {path} ({free / 2**20:.0f} MiB free) while saving a checkpoint: "
+                "free some space or point paths.log_dir at a larger disk, then rerun to resume; the previous "
+                "checkpoint is intact"
+            ) from err
+
+
+def _disk_full(err: BaseException) -> bool:
+    """Whether saving failed because the disk (or the user's quota) is full."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return "No space left on device" in str(err)
 
 
 def save_checkpoint(trainer: L.Trainer, path: str | Path) -> None:
@@ -144,6 +177,9 @@ class Preemption(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         install()  # idempotent; train() installs it earlier, tests and notebooks may not
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        install()  # again: Lightning registered its SIGTERM handler after setup (it would stop without saving)
+
     def signalled(self, trainer: L.Trainer) -> bool:
         """Whether any rank was signalled. Every rank must take the same branch, or the save's barrier hangs, so
         several ranks agree through one all-reduce (and a host sync), which runs every check_every_n_batches."""
@@ -157,12 +193,13 @@ class Preemption(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if not self.signalled(trainer):
             return
-        code = 128 + trainer.strategy.broadcast(int(received() or signal.SIGUSR1), src=0)
+        signum = signal.Signals(trainer.strategy.broadcast(int(received() or signal.SIGUSR1), src=0))
+        code = 128 + signum
         save_checkpoint(trainer, self.path)  # every rank, ends with a barrier
-        log.info(f"warning signal: saved {self.path} at global step {trainer.global_step}")
+        log.info(f"{signum.name}: saved {self.path} at global step {trainer.global_step}")
         clear()  # handled (matters only to in-process callers that fit again)
         # No collective after this point: once rank 0 requeues, SLURM kills the other ranks at any moment.
-        if self.requeue and slurm_job_id() is not None:
+        if self.requeue and signum in WARNING_SIGNALS and slurm_job_id() is not None:
             if not trainer.is_global_zero:
                 raise SystemExit(0)
             if requeue_job():
@@ -173,8 +210,12 @@ class Preemption(L.Callback):
                 "from outside a container (otherwise resubmit it to resume from this checkpoint)"
             )
             raise SystemExit(code)
-        log.warning(
-            f"stopped at global step {trainer.global_step}; resume with ckpt_path={self.path} "
-            f"(or rerun with hydra.run.dir={trainer.default_root_dir} and ckpt_path=last)"
-        )
+        if trainer.is_global_zero:  # on stderr, whatever the logging config: the user is waiting for it
+            print(
+                f"pantheon: stopped by {signum.name} at global step {trainer.global_step}, exit code {code}; "
+                f"resume: rerun the same command with hydra.run.dir={trainer.default_root_dir} "
+                f"(or ckpt_path={self.path})",
+                file=sys.stderr,
+                flush=True,
+            )
         raise SystemExit(code)

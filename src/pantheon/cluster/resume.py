@@ -27,7 +27,9 @@ resumed run creates at a different point, so a random transform inside a worker 
 from __future__ import annotations
 
 import functools
+import os
 import random
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,20 +47,74 @@ from pantheon.utils.logging import RankedLogger
 log = RankedLogger(__name__)
 
 
+def checkpoint_problem(path: Path) -> str | None:
+    """Why the checkpoint at `path` cannot be resumed from (truncated, corrupt, not a checkpoint), or None.
+    torch writes a zip archive with a CRC per entry: reading it whole catches a truncated file (a save killed
+    before the atomic rename could not leave one, a full disk or a copy can) and flipped bits alike, without
+    unpickling anything. A DeepSpeed checkpoint (a folder of shards) is checked by DeepSpeed when it loads."""
+    if path.is_dir():
+        return None
+    try:
+        if not zipfile.is_zipfile(path):
+            return "not a torch checkpoint (truncated or overwritten?)"
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (OSError, zipfile.BadZipFile, EOFError) as err:
+        return f"unreadable ({err})"
+    return f"corrupt entry {bad}" if bad else None
+
+
 def checkpoint_to_resume(ckpt_path: str | None, output_dir: str | Path) -> str | None:
-    """`last`: this run directory's last.ckpt when there is one (a DeepSpeed checkpoint is a directory; an
-    interrupted swap leaves `last.ckpt.old` complete, the fallback); an explicit path must exist; null: fresh."""
+    """`last`: the newest checkpoint of this run directory that loads: last.ckpt, `last.ckpt.old` (an
+    interrupted DeepSpeed folder swap leaves that one complete), then the periodic ones, newest first; a bad
+    one is skipped with a warning and kept. None (a fresh start) when the run has no checkpoint. An explicit
+    path must exist and load; null: fresh."""
     if ckpt_path in (None, "", "none", "null"):
         return None
-    if ckpt_path == "last":
-        last = Path(output_dir) / "checkpoints" / "last.ckpt"
-        for candidate in (last, atomic.previous(last)):
-            if candidate.exists():
-                return str(candidate)
-        return None
-    if not Path(ckpt_path).exists():
-        raise UserError(f"ckpt_path={ckpt_path} does not exist: pass a .ckpt file, `last` or null")
-    return str(ckpt_path)
+    if ckpt_path != "last":
+        path = Path(ckpt_path)
+        if not path.exists():
+            raise UserError(f"ckpt_path={ckpt_path} does not exist: pass a .ckpt file, `last` or null")
+        if problem := checkpoint_problem(path):
+            raise UserError(
+                f"ckpt_path={ckpt_path} cannot be resumed from: {problem}; pass another checkpoint"
+            )
+        return str(path)
+    folder = Path(output_dir) / "checkpoints"
+    last = folder / "last.ckpt"
+    others = (
+        sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+        if folder.is_dir()
+        else []
+    )
+    bad: list[str] = []
+    for candidate in dict.fromkeys([last, atomic.previous(last), *others]):
+        if not candidate.exists():
+            continue
+        if (problem := checkpoint_problem(candidate)) is None:
+            if bad:
+                log.warning(f"cannot resume from {'; '.join(bad)}; resuming from {candidate}")
+            return str(candidate)
+        bad.append(f"{candidate} ({problem}, kept as {keep_aside(candidate).name})")
+    if bad:
+        raise UserError(
+            f"no checkpoint of {output_dir} loads: {'; '.join(bad)}. Start over in a new run directory (drop "
+            "hydra.run.dir), or in this one with ckpt_path=null; nothing was deleted"
+        )
+    return None
+
+
+def keep_aside(path: Path) -> Path:
+    """A hard link to a bad checkpoint under a name no resume picks (`<name>.bad-<mtime>`): the run's next save
+    replaces `last.ckpt`, the bad file stays for inspection. Idempotent, so every rank may call it."""
+    kept = path.with_name(f"{path.name}.bad-{path.stat().st_mtime_ns}")
+    try:
+        os.link(path, kept)
+    except FileExistsError:
+        pass
+    except OSError:  # a file system without hard links: leave the file where it is
+        return path
+    return kept
 
 
 class ResumableSampler(DistributedSampler):
