@@ -177,6 +177,7 @@ def test_a_second_run_into_a_busy_run_directory_is_refused(tmp_path: Path) -> No
         assert (
             len(errors) == 1 and "is in use by another run" in errors[0] and f"pid {first.pid}" in errors[0]
         )
+        assert "Seed set" not in second.stdout + second.stderr, "refused before Hydra ran (its .hydra/ untouched)"
     finally:
         first.send_signal(signal.SIGUSR1)  # releases the hold: it saves and exits 138
         first.communicate(timeout=120)

@@ -101,6 +101,7 @@ def check_job(overrides: list[str]) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     from pantheon.utils.config_checks import check_config  # late: it imports the cluster package
+    from pantheon.utils.run_lock import check_run_dir_free
 
     try:
         cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
@@ -109,7 +110,11 @@ def check_job(overrides: list[str]) -> None:
     except (HydraException, OmegaConfBaseException) as err:
         raise unknown_key_error(overrides) or UserError(first_line(err)) from None
     check_value_types(cfg)
-    check_config(cfg, in_job=OmegaConf.select(cfg, "hydra.launcher._target_") == BASIC_LAUNCHER)
+    in_job = OmegaConf.select(cfg, "hydra.launcher._target_") == BASIC_LAUNCHER
+    check_config(cfg, in_job=in_job)
+    run_dir = OmegaConf.select(cfg, "hydra.run.dir", throw_on_resolution_failure=False)
+    if in_job and run_dir:  # before Hydra rewrites the .hydra/ of a run that is still going
+        check_run_dir_free(run_dir)
 
 
 def missing_option_error(err: Exception) -> UserError:
