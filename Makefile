@@ -11,9 +11,9 @@ CKPT    ?= latest
 PIPELINE ?= latest
 PROMPT  ?= a photo of a sunflower
 SHARED_MNIST := ../shared/data/mnist
-TEST_CMD := $(PY) -m pytest -q -m "not integration"
+TEST_CMD := $(PY) -m pytest -q -m "not integration and not slow" --durations=10
 
-.PHONY: help install train train-full train-mlp train-diffusion sample sample-diffusion export test test-integration \
+.PHONY: help install train train-full train-mlp train-diffusion sample sample-diffusion export test test-slow test-integration \
         lint format bench bench-gan bench-diffusion evaluator plot slurm-up slurm-down submit sbatch consolidate clean
 
 help: ## List the targets
@@ -48,8 +48,11 @@ sample-diffusion: $(STAMP) ## Render PROMPT with the newest exported pipeline (o
 export: $(STAMP) ## Export the newest checkpoint (or CKPT=path): TorchScript + ONNX generator, or a diffusers pipeline
 	$(PY) -m pantheon.export ckpt=$(CKPT)
 
-test: $(STAMP) ## Run the default test suite (no cluster needed)
+test: $(STAMP) ## Run the default test suite (no cluster needed, a few minutes)
 	$(TEST_CMD) $(ARGS)
+
+test-slow: $(STAMP) ## Run the slow tests that need no service (multi-process DDP/FSDP/DeepSpeed, fault cases)
+	$(PY) -m pytest -q -m "slow and not integration" --durations=10 $(ARGS)
 
 test-integration: $(STAMP) ## Run the integration tests (needs `make slurm-up`)
 	$(PY) -m pytest -q -m integration $(ARGS)

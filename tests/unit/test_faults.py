@@ -20,6 +20,8 @@ import torch
 from pantheon.cluster.resume import checkpoint_problem
 from tests.conftest import ROOT, run_cli
 
+pytestmark = pytest.mark.slow  # real training processes, signalled and killed: 20-60 s each
+
 # The GAN on MNIST (or its offline fallback), 2 epochs of 3 batches, no callbacks but the ones a test adds.
 RUN = ["debug=bare", "trainer.limit_train_batches=3", "seed=3", "logger=none"]
 HOLD = "+callbacks.hold._target_=tests.integration.callbacks.HoldAtStep"
@@ -177,7 +179,9 @@ def test_a_second_run_into_a_busy_run_directory_is_refused(tmp_path: Path) -> No
         assert (
             len(errors) == 1 and "is in use by another run" in errors[0] and f"pid {first.pid}" in errors[0]
         )
-        assert "Seed set" not in second.stdout + second.stderr, "refused before Hydra ran (its .hydra/ untouched)"
+        assert "Seed set" not in second.stdout + second.stderr, (
+            "refused before Hydra ran (its .hydra/ untouched)"
+        )
     finally:
         first.send_signal(signal.SIGUSR1)  # releases the hold: it saves and exits 138
         first.communicate(timeout=120)
