@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pantheon.utils.cli import argv_or, parse_key_values
 from pantheon.utils.errors import exit_on_user_error
-from pantheon.utils.runs import LATEST, latest_checkpoint, run_dir_of
+from pantheon.utils.runs import resolve_latest, run_dir_of
 
 
 @dataclass
@@ -25,10 +25,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
     cfg = parse_key_values(
         argv_or(argv), ExportConfig, prog="pantheon.export", summary=__doc__.split("\n\n")[1]
     )
+    resolve_latest(cfg, kind=None)  # either kind: exporting is what both do
     ckpt, out = cfg.ckpt, cfg.out
-    if ckpt == LATEST:
-        ckpt = str(latest_checkpoint())
-        print(f"ckpt=latest: {ckpt}")
     out_dir = Path(out) if out else run_dir_of(Path(ckpt)) / "export"
     # torch and the models load only after the arguments are checked
     from pantheon.models.checkpoints import load_module

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnxruntime
@@ -11,6 +12,7 @@ import torch
 
 from pantheon import export, sample
 from pantheon.train import train
+from pantheon.utils.runs import resolve_latest
 from tests.conftest import FAST, compose_train, run_cli
 
 
@@ -152,6 +154,9 @@ def test_latest_picks_the_newest_gan_checkpoint_and_samples_into_its_run(
     out = sample.main(["ckpt=latest", "digit=5", "n=4"])
     assert out == runs / "gan" / "samples" / "digit_5.png" and out.is_file()
     assert f"ckpt=latest: {gan}" in capsys.readouterr().out
+    export_options = SimpleNamespace(ckpt="latest")
+    resolve_latest(export_options, kind=None)  # pantheon.export's: the newest checkpoint of either kind
+    assert export_options.ckpt == str(newer)
 
     monkeypatch.setenv("PANTHEON_ROOT", str(tmp_path / "empty"))
     with pytest.raises(SystemExit) as exit_info:

@@ -49,11 +49,11 @@ def latest_pipeline(root: Path | None = None) -> Path:
     return found[0].parent
 
 
-def resolve_latest(cfg: object) -> None:
-    """Replace `ckpt=latest` (the newest GAN checkpoint) and `pipeline=latest` on an entry point's options,
-    saying which file was picked."""
+def resolve_latest(cfg: object, kind: str | None = "gan") -> None:
+    """Replace `ckpt=latest` (the newest checkpoint of `kind`; None: of any kind) and `pipeline=latest` on an entry
+    point's options, saying which file was picked."""
     if getattr(cfg, "ckpt", None) == LATEST:
-        cfg.ckpt = str(latest_checkpoint(kind="gan"))
+        cfg.ckpt = str(latest_checkpoint(kind=kind))
         print(f"ckpt=latest: {cfg.ckpt}")
     if getattr(cfg, "pipeline", None) == LATEST:
         cfg.pipeline = str(latest_pipeline())
