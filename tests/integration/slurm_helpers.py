@@ -1,5 +1,6 @@
 """The one copy of what the cluster tests share: bounded SLURM calls, sbatch from the repository root, job
-state, polling, and the weight comparisons behind the bit-identical resume checks.
+state, polling, the weight and training-state comparisons behind the bit-identical resume checks, and the
+seeded plans of the chaos preemption test.
 
 Every call runs under coreutils `timeout`: srun and sbatch wait forever when the nodes are down. The fixtures
 built on these (`slurm_cluster`, `job_name`) live in tests/integration/conftest.py.
@@ -8,13 +9,14 @@ built on these (`slurm_cluster`, `job_name`) live in tests/integration/conftest.
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 import torch
@@ -96,11 +98,15 @@ def sbatch(
 
 
 def job_state(job: str) -> tuple[str, int]:
-    """(state, restarts) from scontrol (works without accounting too)."""
+    """(state, restarts) from scontrol (works without accounting too). scontrol forgets a job MinJobAge (300 s)
+    after its end: then the state comes from sacct, and restarts are unknown (-1)."""
     text = sh(["scontrol", "show", "job", job], timeout=10).stdout
     state = re.search(r"JobState=(\S+)", text)
     restarts = re.search(r"Restarts=(\d+)", text)
-    return (state.group(1) if state else "UNKNOWN"), int(restarts.group(1)) if restarts else 0
+    if state is None:
+        rows = sh(["sacct", "-n", "-X", "-P", "-j", job, "-o", "State"], timeout=10).stdout.splitlines()
+        return (rows[-1].split()[0] if rows else "UNKNOWN"), -1  # "CANCELLED by 0"
+    return state.group(1), int(restarts.group(1)) if restarts else 0
 
 
 def wait_for(predicate: Callable[[], T], timeout_s: float, what: str, poll_s: float = 1.0) -> T:
@@ -142,6 +148,85 @@ def assert_same_weights(a: dict, b: dict, what: str, parameters_only: bool = Fal
     assert names, f"{what}: nothing to compare"
     different = [k for k in names if not torch.equal(a["state_dict"][k], b["state_dict"][k])]
     assert not different, f"{what}: {len(different)} of {len(names)} tensors differ, e.g. {different[:3]}"
+
+
+def differences(a: Any, b: Any, path: str = "") -> list[str]:
+    """Where two nested structures (dicts, lists, tensors, numbers) differ; tensors bit for bit, dtype included."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        same = isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype
+        return [] if same and torch.equal(a, b) else [path]
+    if isinstance(a, dict) and isinstance(b, dict):
+        if a.keys() != b.keys():
+            return [f"{path} (keys {sorted(map(str, a))} vs {sorted(map(str, b))})"]
+        return [d for k in a for d in differences(a[k], b[k], f"{path}.{k}")]
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b):
+        return [
+            d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in differences(x, y, f"{path}[{i}]")
+        ]
+    return [] if a == b else [f"{path} ({a!r} vs {b!r})"]
+
+
+def assert_same_training_state(a: dict, b: dict, what: str, parameters_only: bool = False) -> None:
+    """What DumpWeights wrote, bit-identical: global step, weights (see assert_same_weights for parameters_only),
+    every optimizer's state, the LR schedulers and the EMA callback's average."""
+    assert a["global_step"] == b["global_step"], (
+        f"{what}: global step {a['global_step']} vs {b['global_step']}"
+    )
+    assert_same_weights(a, b, what, parameters_only)
+    for key in ("optimizers", "schedulers", "ema"):
+        different = differences(a[key], b[key], key)
+        assert not different, f"{what}: {len(different)} {key} entries differ, e.g. {different[:3]}"
+
+
+def run_dir(tmp: Path, job: str) -> Path:
+    """The run directory of a job submitted with paths.log_dir=<tmp>/logs."""
+    return tmp / "logs" / "train" / "runs" / f"slurm-{job}"
+
+
+# --- chaos preemption: where a job is preempted, drawn from a seed (tests.integration.callbacks.ChaosPreemption) ---
+CHAOS_SEED_VARIABLE = "PANTHEON_CHAOS_SEED"
+
+
+def chaos_seed() -> int:
+    """PANTHEON_CHAOS_SEED when set (to replay a failure), else a new random seed."""
+    value = os.environ.get(CHAOS_SEED_VARIABLE, "").strip()
+    return int(value) if value else random.SystemRandom().randrange(1, 10**6)
+
+
+def chaos_plan(
+    seed: int, batches: int, validations: Sequence[int] = (), saves: Sequence[int] = (), events: int = 5
+) -> list[dict]:
+    """`events` preemption moments in a run of `batches` batches, drawn from `seed`: each kind at least once (a
+    validation's first batch when the run validates after the batch counts in `validations`, ModelCheckpoint's
+    save after a count in `saves`, the first batches of a resumed run), the rest batch ends at random offsets,
+    in random order. Each moment lies after the previous one's resume point (the batch count its checkpoint is
+    saved at, `resumes_at`) and leaves batches to train after its own."""
+    rng = random.Random(seed)
+    kinds = (["validation"] if validations else []) + ["save", "resume"]
+    kinds += ["batch"] * (events - len(kinds))
+    for _ in range(10_000):
+        order = rng.sample(kinds, len(kinds))
+        plan: list[dict] = []
+        point = 0  # batches trained when the run that takes the next event started
+        for kind in order:
+            if kind == "batch":  # at the end of batch n; saved there
+                options = [(n, n) for n in range(point + 1, point + 4)]
+            elif (
+                kind == "resume"
+            ):  # the k-th batch of a resumed run (0: its start): saved after batch 1 at least
+                options = [(k, point + max(k, 1)) for k in (0, 1, 2)] if plan else []
+            else:  # during that validation or save; saved at the end of the next batch
+                options = [(n, n + 1) for n in (validations if kind == "validation" else saves) if n > point][
+                    :2
+                ]
+            options = [option for option in options if option[1] < batches]
+            if not options:
+                break
+            at, point = rng.choice(options)
+            plan.append({"kind": kind, "batch": at, "resumes_at": point})
+        else:
+            return plan
+    raise ValueError(f"no plan of {events} events fits {batches} batches (seed {seed})")
 
 
 # --- the GAN job of the host and container tests: 2 nodes x 1 task DDP, 2 epochs of 4 batches (global step 16:
