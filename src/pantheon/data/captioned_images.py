@@ -129,6 +129,23 @@ class CaptionedImagesDataModule(L.LightningDataModule):
             f"cached VAE latents of {len(captions)} images x 2 flips ({self.train_set.moments.nbytes / 2**20:.0f} MiB)"
         )
 
+    def warn_long_captions(self, count_tokens: Callable[[list[str]], list[int]], max_tokens: int) -> int:
+        """Captions over the text encoder's `max_tokens` are cut to fit in training (as diffusers' own script
+        does); one warning says how many, so a user can shorten them. Returns that count."""
+        sets = (
+            self.train_set.captions
+            if isinstance(self.train_set, CachedLatents)
+            else [record.captions for record in self.train_set.records]
+        )
+        captions = sorted({caption for captions in sets for caption in captions})
+        long = sum(count > max_tokens for count in count_tokens(captions)) if captions else 0
+        if long:
+            log.warning(
+                f"{long} of {len(captions)} distinct captions are longer than the text encoder's {max_tokens} "
+                "tokens: training cuts them to fit (shorten them to keep their ends)"
+            )
+        return long
+
     def train_dataloader(self) -> DataLoader:
         return DataLoader(
             self.train_set,

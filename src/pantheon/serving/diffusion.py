@@ -14,9 +14,16 @@ import litserve as ls
 import torch
 from fastapi import HTTPException
 
+from pantheon.models.diffusion.checks import inspect_pipeline, side_multiple
 from pantheon.serving import metrics
 from pantheon.serving.encoding import b64, png
-from pantheon.serving.validation import DiffusionLimits, DiffusionRequest, RequestError, validate_diffusion
+from pantheon.serving.validation import (
+    DiffusionLimits,
+    DiffusionRequest,
+    RequestError,
+    remember_tokenizer,
+    validate_diffusion,
+)
 from pantheon.utils.errors import UserError
 
 
@@ -28,26 +35,27 @@ class DiffusionModel:
 
 
 def load_pipeline(path: str, device: str | torch.device = "cpu"):
-    """The pipeline at `path` on `device`, progress bars off; an unloadable folder is a UserError."""
+    """The pipeline at `path` on `device`, progress bars off; an unloadable folder is a UserError. Its tokenizer
+    is remembered for the request checks of this process (prompt length in tokens)."""
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
 
-    from pantheon.models.diffusion.components import resolve_pretrained
-
     diffusers_logging.disable_progress_bar()
-    source = resolve_pretrained(path, field="pipeline")
+    source = inspect_pipeline(path, field="pipeline").source
     try:
         pipe = StableDiffusionPipeline.from_pretrained(source).to(device)
     except Exception as err:
         first = str(err).splitlines()[0] if str(err) else ""
         raise UserError(f"pipeline={path} cannot be loaded ({type(err).__name__}: {first[:200]})") from err
     pipe.set_progress_bar_config(disable=True)
+    remember_tokenizer(pipe.name_or_path, pipe.tokenizer)
     return pipe
 
 
 def limits_of(pipe, max_n: int, max_steps: int) -> DiffusionLimits:
-    """Sides must survive the VAE's and the UNet's downsampling; up to twice the native side."""
-    multiple = pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
+    """Sides must survive the VAE's and the UNet's downsampling; up to twice the native side. Prompts must fit
+    the text encoder whole (the tokenizer's model_max_length)."""
+    multiple = side_multiple(pipe.vae.config, pipe.unet.config)
     native = int(pipe.unet.config.sample_size) * pipe.vae_scale_factor
     return DiffusionLimits(
         resolution=native,
@@ -56,6 +64,8 @@ def limits_of(pipe, max_n: int, max_steps: int) -> DiffusionLimits:
         max_n=max_n,
         max_steps=max_steps,
         default_steps=min(20, max_steps),
+        max_prompt_tokens=pipe.tokenizer.model_max_length,
+        tokenizer=pipe.name_or_path,
     )
 
 

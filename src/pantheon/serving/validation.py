@@ -10,6 +10,8 @@ import random
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from pantheon.models.diffusion.checks import nearest_sides, prompt_excess
+
 FORMATS = ("png", "npy")
 SEED_MAX = 2**31 - 1
 
@@ -41,6 +43,8 @@ class DiffusionLimits:
     max_guidance: float = 20.0
     default_guidance: float = 7.5
     max_prompt_chars: int = 500
+    max_prompt_tokens: int | None = None  # the text encoder's limit, start and end tokens included
+    tokenizer: str | None = None  # the pipeline whose tokenizer counts prompt tokens (None: not counted)
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,23 @@ def _seed(payload: dict) -> int:
     return _int(payload, "seed", 0, SEED_MAX)
 
 
+# pipeline -> its loaded tokenizer, so the checks in each process reuse the pipeline's own (see tokenizer_of)
+_TOKENIZERS: dict[str, Any] = {}
+
+
+def remember_tokenizer(pipeline: str, tokenizer: Any) -> None:
+    _TOKENIZERS[pipeline] = tokenizer
+
+
+def tokenizer_of(pipeline: str) -> Any:
+    """The tokenizer of `pipeline`: the one its loader remembered, else read from the folder once."""
+    if pipeline not in _TOKENIZERS:
+        from transformers import CLIPTokenizer
+
+        _TOKENIZERS[pipeline] = CLIPTokenizer.from_pretrained(pipeline, subfolder="tokenizer")
+    return _TOKENIZERS[pipeline]
+
+
 def json_repr(value: Any) -> str:
     text = repr(value) if not isinstance(value, str) else f'"{value}"'
     return text if len(text) <= 40 else text[:37] + "..."
@@ -148,10 +169,17 @@ def validate_diffusion(payload: Any, limits: DiffusionLimits) -> DiffusionReques
         raise RequestError(
             "prompt", "is empty" if not prompt.strip() else f"has {len(prompt)} characters", prompt_allowed
         )
+    if limits.tokenizer is not None:  # the pipeline would cut a longer prompt silently
+        excess = prompt_excess(tokenizer_of(limits.tokenizer), prompt)
+        if excess:
+            raise RequestError("prompt", excess, f"text of at most {limits.max_prompt_tokens} tokens")
     sides = f"multiples of {limits.multiple} from {limits.multiple} to {limits.max_resolution}"
     resolution = _int(body, "resolution", limits.multiple, limits.max_resolution, limits.resolution, sides)
     if resolution % limits.multiple:
-        raise RequestError("resolution", f"{resolution} is not a multiple of {limits.multiple}", sides)
+        nearest = " or ".join(map(str, nearest_sides(resolution, limits.multiple, limits.max_resolution)))
+        raise RequestError(
+            "resolution", f"{resolution} is not a multiple of {limits.multiple}: use {nearest}", sides
+        )
     return DiffusionRequest(
         prompt=prompt,
         n=_int(body, "n", 1, limits.max_n, default=1),

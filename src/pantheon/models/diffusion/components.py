@@ -11,42 +11,11 @@ from pathlib import Path
 
 import torch
 
+from pantheon.models.diffusion.checks import inspect_pipeline
 from pantheon.utils.errors import UserError, require_choice
-from pantheon.utils.offline import huggingface_hub_reachable
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
-
-
-def is_hub_id(name_or_path: str) -> bool:
-    """`org/name` that is not a local path (Hub ids have at most one slash and no leading ./ or /)."""
-    text = str(name_or_path)
-    return (
-        not Path(text).expanduser().exists() and not text.startswith(("/", ".", "~")) and text.count("/") <= 1
-    )
-
-
-def resolve_pretrained(name_or_path: str, field: str = "model.pretrained_model") -> str:
-    """A local diffusers folder, or a Hub id when the Hub answers; anything else is a one-line UserError."""
-    if is_hub_id(name_or_path):
-        if not huggingface_hub_reachable():
-            raise UserError(
-                f"{field}={name_or_path} is a Hugging Face Hub id but the Hub is unreachable (offline): set "
-                f"{field}=<local diffusers folder with model_index.json> and data.data_dir=<image folder with "
-                "metadata.jsonl>, or train experiment=flowers_sd_tiny, which builds everything offline"
-            )
-        return str(name_or_path)
-    path = Path(name_or_path).expanduser()
-    if not (path / "model_index.json").is_file():
-        what = (
-            "does not exist"
-            if not path.exists()
-            else "has no model_index.json (not a diffusers pipeline folder)"
-        )
-        raise UserError(
-            f"{field}={name_or_path} {what}: point it at a folder saved by save_pretrained or a Hub id"
-        )
-    return str(path)
 
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -60,7 +29,7 @@ def load_components(
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    source = resolve_pretrained(name_or_path)
+    source = inspect_pipeline(name_or_path).source
     scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler")
     if prediction_type is not None:
         require_choice("model.prediction_type", prediction_type, PREDICTION_TYPES)

@@ -15,6 +15,7 @@ import torch
 from torchvision.utils import make_grid
 
 from pantheon.callbacks.ema import ema_weights, remember_checkpoint_ema
+from pantheon.models.diffusion.checks import check_prompt, check_side, side_multiple, token_counts, vae_factor
 from pantheon.models.diffusion.components import (
     add_lora,
     has_lora,
@@ -95,7 +96,28 @@ class DiffusionModule(GenerativeModule):
             parts["vae"].requires_grad_(False).eval(), parts["text_encoder"].requires_grad_(False).eval()
         )
         self.tokenizer, self.noise_scheduler = parts["tokenizer"], parts["scheduler"]
+        self.check_validation_settings()
         self.configure_unet()
+
+    def check_validation_settings(self) -> None:
+        """Validation prompts and side that the pipeline would cut or round fail now, not at the first grid."""
+        hp = self.hparams
+        multiple = side_multiple(self.frozen.vae.config, self.unet.config)
+        check_side("model.validation_resolution", hp.validation_resolution, multiple, "the pipeline")
+        for i, prompt in enumerate(hp.validation_prompts):
+            check_prompt(self.tokenizer, prompt, field=f"model.validation_prompts[{i}]")
+
+    def setup(self, stage: str) -> None:
+        """Data the frozen parts cannot take whole: the first hook that knows both the data and the model."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        resolution = getattr(datamodule, "hparams", {}).get("resolution")
+        if resolution is not None:
+            whose = f"the autoencoder of model.pretrained_model={self.hparams.pretrained_model}"
+            check_side("data.resolution", resolution, vae_factor(self.frozen.vae.config), whose)
+        if hasattr(datamodule, "warn_long_captions"):
+            datamodule.warn_long_captions(
+                lambda texts: token_counts(self.tokenizer, texts), self.tokenizer.model_max_length
+            )
 
     def configure_unet(self) -> None:
         """Attention kernel, activation checkpointing and (optionally) LoRA adapters on the trained UNet."""

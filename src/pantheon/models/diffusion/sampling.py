@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from pantheon.models.diffusion.checks import check_prompt, check_side, inspect_pipeline, side_multiple
 from pantheon.utils.errors import UserError
 
 
@@ -14,13 +15,9 @@ def inference_scheduler(noise_scheduler):
     return DPMSolverMultistepScheduler.from_config(noise_scheduler.config)
 
 
-def check_size(pipe, size: int | None) -> None:
+def check_size(pipe, size: int | None, field: str = "size") -> None:
     """The side must survive the VAE's and the UNet's downsampling without rounding."""
-    if size is None:
-        return
-    multiple = pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
-    if size < multiple or size % multiple:
-        raise UserError(f"size={size}: this pipeline needs a multiple of {multiple} pixels")
+    check_side(field, size, side_multiple(pipe.vae.config, pipe.unet.config), "this pipeline")
 
 
 @torch.no_grad()
@@ -45,16 +42,18 @@ def generate(pipe, prompts: list[str], n_per_prompt: int, steps: int, guidance_s
 
 def render_prompt(pipeline_dir: str, prompt: str, n: int, steps: int, guidance_scale: float, seed: int,
                   size: int | None, device: torch.device) -> torch.Tensor:  # fmt: skip
-    """n images of one prompt from a saved pipeline (a folder, or a Hub id when online): uint8 [n, 3, H, W]."""
+    """n images of one prompt from a saved pipeline (a folder, or a Hub id when online): uint8 [n, 3, H, W].
+    The folder, the size and the prompt are checked on configs and the tokenizer, before the weights load."""
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
-
-    from pantheon.models.diffusion.components import resolve_pretrained
+    from transformers import CLIPTokenizer
 
     if steps < 1:
         raise UserError(f"steps={steps}: use at least one denoising step")
+    info = inspect_pipeline(pipeline_dir, field="pipeline")
+    check_side("size", size, info.side_multiple, "this pipeline")
+    tokenizer = CLIPTokenizer.from_pretrained(info.source, subfolder="tokenizer")
+    check_prompt(tokenizer, prompt)
     diffusers_logging.disable_progress_bar()
-    pipe = StableDiffusionPipeline.from_pretrained(resolve_pretrained(pipeline_dir, field="pipeline")).to(
-        device
-    )
+    pipe = StableDiffusionPipeline.from_pretrained(info.source, tokenizer=tokenizer).to(device)
     return generate(pipe, [prompt], n, steps, guidance_scale, seed, size)
