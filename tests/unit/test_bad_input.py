@@ -9,6 +9,8 @@ alarms), sweeps checked per job, and which run directories a refused run may rem
 from __future__ import annotations
 
 import fcntl
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -86,10 +88,92 @@ CASES = {
     ),
     "serve-unknown-key": ("pantheon.serve", ["prot=8001"], ["unknown key prot", "did you mean port?"]),
     "serve-missing-ckpt": ("pantheon.serve", ["ckpt={tmp}/missing.ckpt"], ["missing.ckpt"]),
+    # diffusion: {pipes} is the `pipelines` folder below (a tiny pipeline, two broken copies, captioned shapes)
+    "sample-diffusion-long-prompt": (
+        "pantheon.sample",
+        ["pipeline={pipes}/tiny", "prompt=" + "a " * 80, "n=1", "out={tmp}/x.png"],
+        ["error: prompt is 82 tokens, the text encoder takes at most 77: shorten it"],
+    ),
+    "sample-diffusion-bad-size": (
+        "pantheon.sample",
+        ["pipeline={pipes}/tiny", "prompt=a rose", "size=30", "n=1", "out={tmp}/x.png"],
+        ["size=30", "multiple of 8", "use size=24 or size=32"],
+    ),
+    "sample-diffusion-no-vae": (
+        "pantheon.sample",
+        ["pipeline={pipes}/no_vae", "prompt=a rose", "n=1", "out={tmp}/x.png"],
+        ["no_vae has no vae/ subfolder"],
+    ),
+    "sample-diffusion-wide-vae": (
+        "pantheon.sample",
+        ["pipeline={pipes}/wide_vae", "prompt=a rose", "n=1", "out={tmp}/x.png"],
+        ["wide_vae", "8-channel latents", "UNet takes 4"],
+    ),
+    "serve-diffusion-no-vae": ("pantheon.serve", ["pipeline={pipes}/no_vae"], ["no_vae has no vae/"]),
+    "export-diffusion-no-vae": (
+        "pantheon.export",
+        ["ckpt={pipes}/no_vae.ckpt", "out={tmp}/export"],
+        ["model.pretrained_model=", "no_vae has no vae/"],
+    ),
+    "train-diffusion-wide-vae": (
+        "pantheon.train",
+        [
+            "experiment=flowers_sd_tiny",
+            "debug=fast",
+            "model.pretrained_model={pipes}/wide_vae",
+            "data.data_dir={pipes}/shapes",
+        ],
+        ["model.pretrained_model=", "8-channel latents"],
+    ),
+    "train-diffusion-bad-resolution": (
+        "pantheon.train",
+        [
+            "experiment=flowers_sd_tiny",
+            "debug=fast",
+            "model.pretrained_model={pipes}/tiny",
+            "data.data_dir={pipes}/shapes",
+            "data.resolution=30",
+            "data.batch_size=2",
+        ],
+        [
+            "data.resolution=30",
+            "multiple of 4",
+            "use data.resolution=28 or data.resolution=32",
+        ],
+    ),
 }
 
 # Errors only the running job finds, after the pre-flight passed and Hydra made the run directory.
-FOUND_BY_THE_RUN = {"train-missing-data"}
+FOUND_BY_THE_RUN = {"train-missing-data", "train-diffusion-wide-vae", "train-diffusion-bad-resolution"}
+
+
+@pytest.fixture(scope="module")
+def pipelines(tmp_path_factory) -> Path:
+    """The tiny pipeline, a copy without vae/, a copy whose VAE makes 8-channel latents, captioned shapes, and a
+    diffusion checkpoint trained from the copy without vae/. Built once (about 30 s), only for the diffusion rows."""
+    from pantheon.data.shapes import ensure_shapes_dataset
+    from pantheon.models.diffusion.tiny import ensure_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("pipelines")
+    tiny = ensure_tiny_pipeline(root / "tiny")
+    shutil.copytree(tiny, root / "no_vae", ignore=shutil.ignore_patterns("vae"))
+    shutil.copytree(tiny, root / "wide_vae")
+    config = root / "wide_vae" / "vae" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "latent_channels": 8}))
+    ensure_shapes_dataset(root / "shapes", n=8, size=32)
+    torch.save(
+        {
+            "state_dict": {},
+            "pytorch-lightning_version": "2.6.0",
+            "hyper_parameters": {"pretrained_model": str(root / "no_vae")},
+            "pantheon": {
+                "class_path": "pantheon.models.diffusion.module.DiffusionModule",
+                "kind": "diffusion",
+            },
+        },
+        root / "no_vae.ckpt",
+    )
+    return root
 
 
 def files_under(folder: Path) -> set[Path]:
@@ -98,8 +182,11 @@ def files_under(folder: Path) -> set[Path]:
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case: str, tmp_path: Path) -> None:
+def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case: str, tmp_path: Path, request) -> None:
     entry, args, expected = CASES[case]
+    if any("{pipes}" in arg for arg in args):
+        pipes = str(request.getfixturevalue("pipelines"))
+        args = [arg.replace("{pipes}", pipes) for arg in args]
     if case == "train-gpu-on-cpu" and CUDA:
         pytest.skip("this machine has a CUDA GPU")
     inputs = tmp_path / "inputs"

@@ -267,3 +267,109 @@ def test_ddp_two_cpu_processes(tiny: Path, shapes: Path, tmp_path: Path) -> None
     assert result.returncode == 0, result.stderr[-3000:]
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2
     assert (run / "pipeline" / "model_index.json").is_file()
+
+
+# --- bad input: the checks shared by every pipeline loader (configs only, no weights: milliseconds) ---
+
+
+def config_only_pipeline(
+    folder: Path, latent_channels: int = 4, vae: bool = True, in_index: bool = True
+) -> Path:
+    """A pipeline folder as far as the checks read it: model_index.json and the VAE's and UNet's configs."""
+    index = {"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"]}
+    if in_index:
+        index["vae"] = ["diffusers", "AutoencoderKL"]
+    configs = {"model_index.json": index,
+               "unet/config.json": {"_class_name": "UNet2DConditionModel", "block_out_channels": [32, 64],
+                                    "in_channels": 4}}  # fmt: skip
+    if vae:
+        configs["vae/config.json"] = {"_class_name": "AutoencoderKL", "block_out_channels": [32, 64, 64],
+                                      "latent_channels": latent_channels}  # fmt: skip
+    for name, config in configs.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"vae": False}, "has no vae/ subfolder"),
+        ({"in_index": False}, "model_index.json names no vae"),
+        (
+            {"latent_channels": 8},
+            "its VAE makes 8-channel latents (vae latent_channels) but its UNet takes 4",
+        ),
+    ],
+)
+def test_a_pipeline_without_a_fitting_vae_is_one_line(tmp_path: Path, kwargs: dict, message: str) -> None:
+    from pantheon.models.diffusion.checks import inspect_pipeline
+
+    good = inspect_pipeline(str(config_only_pipeline(tmp_path / "good")), field="pipeline")
+    assert (good.vae_factor, good.side_multiple) == (4, 8)
+    folder = config_only_pipeline(tmp_path / "bad", **kwargs)
+    with pytest.raises(UserError, match=f"^pipeline={folder}.*") as info:
+        inspect_pipeline(str(folder), field="pipeline")
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_an_image_side_the_autoencoder_cannot_take_names_the_nearest_ones() -> None:
+    from pantheon.models.diffusion.checks import check_side
+
+    for good in (None, 4, 32):
+        check_side("data.resolution", good, 4, "the autoencoder")
+    for side, use in [(30, "use data.resolution=28 or data.resolution=32"), (2, "use data.resolution=4")]:
+        with pytest.raises(
+            UserError, match=f"^data.resolution={side}: the autoencoder needs a multiple of 4 "
+        ):
+            check_side("data.resolution", side, 4, "the autoencoder")
+        with pytest.raises(UserError, match=use):
+            check_side("data.resolution", side, 4, "the autoencoder")
+
+
+class WordTokenizer:
+    """A stand-in tokenizer: one token per word plus start and end, as CLIP counts them."""
+
+    model_max_length = 6
+
+    def __call__(self, texts: list[str], truncation: bool, verbose: bool):
+        assert truncation is False, "counting must not cut"
+        return type("Encoding", (), {"input_ids": [[0, *text.split(), 1] for text in texts]})
+
+
+def test_a_prompt_longer_than_the_text_encoder_is_refused_in_sampling_and_serving() -> None:
+    from pantheon.models.diffusion.checks import check_prompt
+    from pantheon.serving.validation import (
+        DiffusionLimits,
+        RequestError,
+        remember_tokenizer,
+        validate_diffusion,
+    )
+
+    check_prompt(WordTokenizer(), "a b c d")  # 6 tokens: fits
+    with pytest.raises(
+        UserError, match=r"^prompt is 7 tokens, the text encoder takes at most 6: shorten it$"
+    ):
+        check_prompt(WordTokenizer(), "a b c d e")
+    remember_tokenizer("words", WordTokenizer())
+    limits = DiffusionLimits(max_prompt_tokens=6, tokenizer="words")
+    assert validate_diffusion({"prompt": "a b c d"}, limits).prompt == "a b c d"
+    with pytest.raises(RequestError) as info:
+        validate_diffusion({"prompt": "a b c d e"}, limits)
+    assert info.value.field == "prompt"
+    assert str(info.value) == (
+        "prompt: is 7 tokens, the text encoder takes at most 6: shorten it; allowed: text of at most 6 tokens"
+    )
+    with pytest.raises(RequestError, match="36 is not a multiple of 8: use 32 or 40"):
+        validate_diffusion({"prompt": "a", "resolution": 36}, limits)
+
+
+def test_long_training_captions_are_counted_in_one_warning(shapes: Path, caplog) -> None:
+    dm = CaptionedImagesDataModule(data_dir=str(shapes), resolution=32, batch_size=2)
+    dm.setup("fit")
+    count = lambda texts: [len(text.split()) + 2 for text in texts]  # noqa: E731
+    with caplog.at_level("WARNING"):
+        assert dm.warn_long_captions(count, max_tokens=100) == 0
+        assert dm.warn_long_captions(count, max_tokens=6) > 0  # "a photo of a <colour> <shape>": 8 tokens
+    (warning,) = [r.getMessage() for r in caplog.records if "longer than the text encoder" in r.getMessage()]
+    assert "captions are longer than the text encoder's 6 tokens: training cuts them" in warning

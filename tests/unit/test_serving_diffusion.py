@@ -70,6 +70,14 @@ def test_bad_input_is_a_4xx_and_the_server_keeps_serving(server, body, field):
     assert get(f"{server}/health") == (200, b"ok")
 
 
+def test_a_prompt_longer_than_the_text_encoder_is_a_422_naming_the_tokens(server):
+    status, reply = post(f"{server}/predict", {"prompt": "a " * 80, "steps": 2})
+    assert (status, reply["field"]) == (422, "prompt"), reply
+    assert reply["error"].startswith("prompt: is 82 tokens, the text encoder takes at most 77: shorten it")
+    info = json.loads(get(f"{server}/info")[1])["model"]
+    assert info["limits"]["max_prompt_tokens"] == 77
+
+
 def test_metrics_and_info(server):
     info = json.loads(get(f"{server}/info")[1])["model"]
     assert info["kind"] == "diffusion" and info["limits"]["max_resolution"] == 128
