@@ -1,6 +1,7 @@
 """Bad input to every entry point: one `error:` line on stderr, exit code 2, nothing left behind.
 
-The table runs each entry point as a user would (a subprocess, in an empty tmp dir that is also PANTHEON_ROOT, so
+The table runs each entry point in an empty tmp dir that is also PANTHEON_ROOT (a real subprocess for the rows in
+IN_A_PROCESS, the entry function in this process for the others), so
 the default log dir is inside it) and asserts the exit code, the single line, the key or fix it names, and that no
 file appeared. The in-process tests below cover the pieces: the type check on every shipped config (no false
 alarms), sweeps checked per job, and which run directories a refused run may remove.
@@ -18,6 +19,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from pantheon import export, sample, serve
 from pantheon.utils.hydra_preflight import (
     accepts,
     check_command_line,
@@ -26,6 +28,12 @@ from pantheon.utils.hydra_preflight import (
 )
 from tests.conftest import CONFIG_DIR, run_cli
 
+ENTRY_FUNCTIONS = {
+    "pantheon.train": check_command_line,
+    "pantheon.sample": sample.main,
+    "pantheon.export": export.main,
+    "pantheon.serve": serve.main,
+}
 SECRET = "XYZ-planted-secret-4242"
 CUDA = torch.cuda.is_available()
 
@@ -155,6 +163,17 @@ CASES = {
 
 # Errors only the running job finds, after the pre-flight passed and Hydra made the run directory.
 FOUND_BY_THE_RUN = {"train-missing-data", "train-diffusion-wide-vae", "train-diffusion-bad-resolution"}
+# Rows run as a real `python -m` process: the runs above, and one of each kind of entry point (a process start is
+# ~10 s of imports on 2 cores). The others call the same entry function in this process (the same code after
+# the imports: the `__main__` block of pantheon.train is check_command_line(), then Hydra's main()).
+IN_A_PROCESS = FOUND_BY_THE_RUN | {
+    "train-secret",
+    "train-typo-key",
+    "sample-missing-ckpt",
+    "export-missing-ckpt",
+    "serve-unknown-key",
+    "sample-diffusion-no-vae",
+}
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +211,9 @@ def files_under(folder: Path) -> set[Path]:
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case: str, tmp_path: Path, request) -> None:
+def test_bad_input_is_one_line_exit_2_and_leaves_nothing(
+    case: str, tmp_path: Path, request, monkeypatch, capsys
+) -> None:
     entry, args, expected = CASES[case]
     if any("{pipes}" in arg for arg in args):
         pipes = str(request.getfixturevalue("pipelines"))
@@ -214,19 +235,28 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case: str, tmp_path: Pa
     )
     before = files_under(tmp_path)
     args = [arg.replace("{tmp}", str(tmp_path)) for arg in args]
-    result = run_cli(entry, *args, env={"PANTHEON_ROOT": str(tmp_path)}, cwd=tmp_path, timeout=300)
+    if case in IN_A_PROCESS:
+        result = run_cli(entry, *args, env={"PANTHEON_ROOT": str(tmp_path)}, cwd=tmp_path, timeout=300)
+        code, stdout, stderr = result.returncode, result.stdout, result.stderr
+    else:
+        capsys.readouterr()  # what building the fixtures printed is not the entry point's
+        monkeypatch.setenv("PANTHEON_ROOT", str(tmp_path))
+        monkeypatch.chdir(tmp_path)
+        with pytest.raises(SystemExit) as exit_info:
+            ENTRY_FUNCTIONS[entry](args)
+        code, (stdout, stderr) = exit_info.value.code, capsys.readouterr()
 
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == 2, result.stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == 2, stderr[-3000:]
     if case in FOUND_BY_THE_RUN:  # Lightning's own start-up lines come first
         lines = lines[-1:]
-        assert sum(line.startswith("error:") for line in result.stderr.splitlines()) == 1
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
+        assert sum(line.startswith("error:") for line in stderr.splitlines()) == 1
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr[-3000:]
     for text in expected:
         assert text in lines[0]
     assert files_under(tmp_path) == before, "the refused command left files behind"
     if case == "train-secret":
-        assert SECRET not in result.stdout + result.stderr
+        assert SECRET not in stdout + stderr
 
 
 def test_every_shipped_config_passes_the_type_check() -> None:
