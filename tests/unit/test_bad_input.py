@@ -1,9 +1,8 @@
 """Bad input to every entry point: one `error:` line on stderr, exit code 2, nothing left behind.
 
-The table runs each entry point in an empty tmp dir that is also PANTHEON_ROOT (a real subprocess for the rows in
-IN_A_PROCESS, the entry function in this process for the others), so
-the default log dir is inside it) and asserts the exit code, the single line, the key or fix it names, and that no
-file appeared. The in-process tests below cover the pieces: the type check on every shipped config (no false
+The table runs each entry point in an empty tmp dir that is also PANTHEON_ROOT, so the default log dir is inside it
+(a real subprocess for the rows in IN_A_PROCESS, the entry function in this process for the others), and asserts
+the exit code, the single line, the key or fix it names, and that no file appeared. The in-process tests below cover the pieces: the type check on every shipped config (no false
 alarms), sweeps checked per job, and which run directories a refused run may remove.
 """
 
