@@ -95,8 +95,18 @@ def test_export_torchscript_and_onnx_match_eager(gan_checkpoint: Path, tmp_path:
     np.testing.assert_allclose(from_onnx, expected, atol=1e-5)
 
 
-def test_train_cli_end_to_end_with_offline_wandb(tmp_path: Path) -> None:
-    """The real entry point as `make train` runs it, with the default (wandb, offline) logger."""
+# Secrets where pantheon tells users to keep them: the environment.
+SECRETS = {
+    "WANDB_API_KEY": "planted-wandb-key-0123456789abcdef0123456789abcdef01234567",
+    "HF_TOKEN": "hf_plantedTokenZZZ9876543210",
+    "AWS_SECRET_ACCESS_KEY": "planted/aws+secret/KEY/0042",
+}
+
+
+def test_train_cli_end_to_end_with_offline_wandb_and_no_secret_in_any_file(tmp_path: Path) -> None:
+    """The real entry point as `make train` runs it, with the default (wandb, offline) and the csv logger, and
+    secrets planted in its environment: none of them appears in any file the run writes (Hydra's config dumps,
+    logs, checkpoints, sample grids, the csv log, the wandb offline run) or in its output."""
     run = tmp_path / "run"
     result = run_cli(
         "pantheon.train",
@@ -106,12 +116,28 @@ def test_train_cli_end_to_end_with_offline_wandb(tmp_path: Path) -> None:
         "+trainer.limit_val_batches=1",
         "data.batch_size=16",
         "~callbacks.rich_progress_bar",
+        "+logger.csv._target_=lightning.pytorch.loggers.CSVLogger",
+        f"+logger.csv.save_dir={run}",
+        env=SECRETS,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"run directory: {run}" in result.stdout + result.stderr
-    assert list((run / "wandb").glob("offline-run-*")), "wandb wrote an offline run for `wandb sync`"
+    assert list((run / "wandb").glob("offline-run-*/run-*.wandb")), (
+        "wandb wrote an offline run for `wandb sync`"
+    )
     assert (run / ".hydra" / "config.yaml").is_file()
     assert (run / "checkpoints" / "last.ckpt").is_file()
+
+    written = [p for p in run.rglob("*") if p.is_file()]
+    assert {".yaml", ".log", ".ckpt", ".png", ".csv", ".wandb"} <= {p.suffix for p in written}
+    leaks = [
+        f"{path.relative_to(run)} holds {name}"
+        for path in written
+        for name, value in SECRETS.items()
+        if value.encode() in path.read_bytes()
+    ]
+    assert not leaks, leaks
+    assert not [name for name, value in SECRETS.items() if value in result.stdout + result.stderr]
 
 
 def test_latest_picks_the_newest_gan_checkpoint_and_samples_into_its_run(
