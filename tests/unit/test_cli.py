@@ -182,3 +182,15 @@ def test_help_lists_every_key(entry, capsys) -> None:
     assert text.startswith("usage: python -m pantheon.")
     for key in ("ckpt", "out"):
         assert f"\n  {key} " in text
+
+
+def test_train_help_lists_groups_keys_and_exit_codes() -> None:
+    result = run_cli("pantheon.train", "--help", timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for text in [
+        "python -m pantheon.train [group=option",
+        "experiment: flowers_sd",
+        "on_nonfinite_loss: stop",
+    ]:
+        assert text in result.stdout
+    assert "== Exit codes ==" in result.stdout and "130  Ctrl-C (SIGINT), 143 SIGTERM" in result.stdout
