@@ -100,6 +100,7 @@ def check_job(overrides: list[str]) -> None:
     from hydra.errors import HydraException, MissingConfigException
     from omegaconf.errors import OmegaConfBaseException
 
+    from pantheon.cluster.environment import global_rank
     from pantheon.utils.config_checks import check_config  # late: it imports the cluster package
     from pantheon.utils.run_lock import check_run_dir_free
 
@@ -113,7 +114,9 @@ def check_job(overrides: list[str]) -> None:
     in_job = OmegaConf.select(cfg, "hydra.launcher._target_") == BASIC_LAUNCHER
     check_config(cfg, in_job=in_job)
     run_dir = OmegaConf.select(cfg, "hydra.run.dir", throw_on_resolution_failure=False)
-    if in_job and run_dir:  # before Hydra rewrites the .hydra/ of a run that is still going
+    # Before Hydra rewrites the .hydra/ of a run that is still going. Only rank 0 asks: the other ranks of this
+    # run (Lightning relaunches the command line for each local rank) find the lock their rank 0 holds.
+    if in_job and run_dir and global_rank() == 0:
         check_run_dir_free(run_dir)
 
 
